@@ -1,0 +1,260 @@
+//! One node: built from a [`Config`], then run on listeners handed in by the caller (so tests
+//! bind port 0) until its lifecycle reaches `Stopped`.
+//!
+//! Shutdown is the drain of DESIGN §5: the phase turns `Draining` (readiness fails, upgrades
+//! get 503), sessions get `goodbye` + 1001 at `--drain-close-rate` per second, whatever is
+//! still open at `--drain-timeout` is cut, in-flight REST calls finish, pending inbox removals
+//! are flushed, and `run` returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backplane::{Backplane, BackplaneError, MemoryBackplane, MemoryBus, RedisBackplane};
+use crate::config::Config;
+use crate::http::{self, Listener};
+use crate::hub::Hub;
+use crate::inbox::{self, Inbox, InboxError, Remover, SqlInbox};
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::metrics::Metrics;
+use crate::store::{Database, SqlStore, Store, StoreError};
+use crate::ws::protocol::close;
+
+/// Everything a request handler or session needs, shared by reference count.
+pub struct AppState {
+    pub config: Config,
+    pub node: String,
+    pub store: Arc<dyn Store>,
+    pub inbox: Arc<dyn Inbox>,
+    pub hub: Arc<Hub>,
+    pub remover: Remover,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+    /// Every WebSocket session task; the drain waits on it.
+    pub sessions: TaskTracker,
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Inbox(#[from] InboxError),
+    #[error("{0}")]
+    Backplane(#[from] BackplaneError),
+}
+
+pub struct App {
+    state: Arc<AppState>,
+}
+
+/// Backends for an in-process test fleet: nodes built with the same bus share an
+/// in-process backplane, as nodes sharing a Redis do.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub bus: Option<MemoryBus>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        Self::build_with(config, Shared::default()).await
+    }
+
+    pub async fn build_with(config: Config, shared: Shared) -> Result<App, StartError> {
+        let node = config.node_name();
+        let metrics = Arc::new(Metrics::new(&node));
+        metrics
+            .drain_timeout_seconds
+            .set(config.drain_timeout as i64);
+        let db = Database::connect(&config.database_url).await?;
+        let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
+        let limits = inbox::Limits {
+            ttl_ms: config.inbox_ttl as i64 * 1000,
+            max_per_user: config.inbox_max_per_user,
+        };
+        let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
+            Some(url) => Arc::new(inbox::MongoInbox::connect(url, limits, metrics.clone()).await?),
+            None => Arc::new(SqlInbox::new(db, limits, metrics.clone())),
+        };
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let backplane: Arc<dyn Backplane> = match &config.redis_url {
+            Some(url) => Arc::new(RedisBackplane::connect(url, events_tx, metrics.clone())?),
+            None => Arc::new(MemoryBackplane::new(
+                shared.bus.unwrap_or_default(),
+                events_tx,
+            )),
+        };
+        let hub = Hub::new(backplane, metrics.clone());
+        tokio::spawn(hub.clone().run(events_rx));
+        let remover = Remover::spawn(inbox.clone());
+        let state = AppState {
+            config,
+            node,
+            store,
+            inbox,
+            hub,
+            remover,
+            metrics,
+            lifecycle: Lifecycle::new(),
+            sessions: TaskTracker::new(),
+        };
+        Ok(App {
+            state: Arc::new(state),
+        })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.state.lifecycle.clone()
+    }
+
+    /// Serves until a drain (signal, admin call, agent or `lifecycle().drain()`) completes.
+    pub async fn run(
+        self,
+        public: TcpListener,
+        admin: Option<TcpListener>,
+        agent: Option<TcpListener>,
+    ) {
+        let state = self.state;
+        let stop = CancellationToken::new();
+        let mut servers = Vec::new();
+        servers.push(tokio::spawn(http::serve(
+            public,
+            state.clone(),
+            Listener::Public,
+            stop.clone(),
+        )));
+        if let Some(admin) = admin {
+            servers.push(tokio::spawn(http::serve(
+                admin,
+                state.clone(),
+                Listener::Admin,
+                stop.clone(),
+            )));
+        }
+        if let Some(agent) = agent {
+            tokio::spawn(crate::agent::serve(
+                agent,
+                state.lifecycle.clone(),
+                stop.clone(),
+            ));
+        }
+        let phase_gauge = tokio::spawn(export_phase(state.clone()));
+        let upkeep = tokio::spawn(upkeep(state.clone()));
+        state.lifecycle.advance(Phase::Ready);
+        tracing::info!(node = %state.node, "node ready");
+
+        state.lifecycle.draining().await;
+        drain_sessions(&state).await;
+        stop.cancel();
+        for server in servers {
+            let _ = server.await;
+        }
+        upkeep.abort();
+        state.remover.flush().await;
+        state.lifecycle.advance(Phase::Stopped);
+        let _ = phase_gauge.await;
+        tracing::info!(node = %state.node, "node stopped");
+    }
+}
+
+/// Closes every session with `goodbye` + 1001, paced, and cuts the rest at the deadline.
+async fn drain_sessions(state: &AppState) {
+    let m = &state.metrics;
+    m.drain_started.set(crate::model::now_ms() / 1000);
+    let deadline = tokio::time::Instant::now() + state.config.drain_timeout();
+    let cut = state.lifecycle.cut_token();
+    // Close in ticks of 10 ms, rate/100 sessions per tick (at least one).
+    let per_tick = (state.config.drain_close_rate as usize)
+        .div_ceil(100)
+        .max(1);
+    let tick = Duration::from_secs(1) / state.config.drain_close_rate.clamp(1, 100);
+    tracing::info!(
+        sessions = state.hub.session_count(),
+        rate = state.config.drain_close_rate,
+        "drain started"
+    );
+    let paced = async {
+        loop {
+            let open: Vec<_> = state
+                .hub
+                .sessions()
+                .into_iter()
+                .filter(|s| !s.is_closed())
+                .collect();
+            m.drain_sessions_remaining
+                .set(state.hub.session_count() as i64);
+            if open.is_empty() {
+                break;
+            }
+            for batch in open.chunks(per_tick) {
+                for s in batch {
+                    s.close(close::GOING_AWAY);
+                }
+                tokio::time::sleep(tick).await;
+            }
+        }
+    };
+    tokio::select! {
+        () = paced => {}
+        () = tokio::time::sleep_until(deadline) => tracing::warn!("drain timeout reached; cutting remaining sessions"),
+        () = cut.cancelled() => tracing::warn!("drain cut short; closing remaining sessions now"),
+    }
+    for s in state.hub.sessions() {
+        s.close(close::GOING_AWAY);
+    }
+    state.sessions.close();
+    // Sessions end within their write timeout after being closed.
+    if tokio::time::timeout(Duration::from_secs(15), state.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.hub.session_count(),
+            "sessions did not end after the cut"
+        );
+    }
+    m.drain_sessions_remaining.set(0);
+    tracing::info!("drain finished");
+}
+
+/// Mirrors the lifecycle phase into its gauge until `Stopped`.
+async fn export_phase(state: Arc<AppState>) {
+    let mut phases = state.lifecycle.subscribe();
+    loop {
+        let phase = *phases.borrow_and_update();
+        state.metrics.lifecycle_phase.set(phase as i64);
+        if phase == Phase::Stopped || phases.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Periodic chores: inbox expiry and bounds, the `inbox_pending` gauge, backend health.
+async fn upkeep(state: Arc<AppState>) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let mut health = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => match state.inbox.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "inbox sweep"),
+                Err(e) => tracing::warn!(error = %e, "inbox sweep failed"),
+            },
+            _ = health.tick() => {
+                let _ = http::readiness(&state).await;
+                if let Ok(n) = state.inbox.pending_total().await {
+                    state.metrics.inbox_pending.set(n as i64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The backplane carries messages between nodes: `group:{id}` channels for messages and
+//! `user:{id}` channels for membership changes (DESIGN §1, §6).
+//!
+//! A node subscribes a channel once, however many local sessions want it; the [`Hub`]
+//! counts references and calls `subscribe`/`unsubscribe` on the 0↔1 edges. Those calls only
+//! enqueue, in order, so that a racing unsubscribe and re-subscribe reach Redis in the order
+//! they happened. [`Backplane::barrier`] waits until everything enqueued before it is
+//! confirmed, which is how a session knows it will see every later publish.
+//!
+//! Incoming payloads and [`Event::Resynced`] (the connection was lost and every channel has
+//! been subscribed again) flow one way, into the hub's event channel.
+//!
+//! [`Hub`]: crate::hub::Hub
+
+mod envelope;
+mod memory;
+mod redis;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::model::{GroupId, UserId};
+
+pub use envelope::Envelope;
+pub use memory::{MemoryBackplane, MemoryBus};
+pub use redis::RedisBackplane;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Group(GroupId),
+    User(UserId),
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Channel::Group(id) => write!(f, "group:{id}"),
+            Channel::User(id) => write!(f, "user:{id}"),
+        }
+    }
+}
+
+impl Channel {
+    pub fn parse(name: &str) -> Option<Channel> {
+        let (kind, id) = name.split_once(':')?;
+        let id = id.parse().ok()?;
+        match kind {
+            "group" => Some(Channel::Group(id)),
+            "user" => Some(Channel::User(id)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Payload {
+        channel: Channel,
+        payload: Bytes,
+    },
+    /// The backplane reconnected and resubscribed everything; publishes made while it was
+    /// away were missed, so every local session must replay its inbox.
+    Resynced,
+}
+
+#[derive(Debug, Error)]
+pub enum BackplaneError {
+    #[error("backplane unavailable: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("backplane timed out")]
+    Timeout,
+    #[error("backplane closed")]
+    Closed,
+}
+
+#[async_trait]
+pub trait Backplane: Send + Sync {
+    async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError>;
+    /// Enqueues a subscription (ordered, never blocks).
+    fn subscribe(&self, channel: Channel);
+    /// Enqueues an unsubscription (ordered, never blocks).
+    fn unsubscribe(&self, channel: Channel);
+    /// Resolves once every subscription enqueued before this call is confirmed, or once the
+    /// backplane knows it is disconnected (a `Resynced` event then follows its return).
+    async fn barrier(&self);
+    async fn ping(&self) -> Result<(), BackplaneError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        for c in [Channel::Group(42), Channel::User(7)] {
+            assert_eq!(Channel::parse(&c.to_string()), Some(c));
+        }
+        assert_eq!(Channel::Group(3).to_string(), "group:3");
+        assert_eq!(Channel::parse("group:x"), None);
+        assert_eq!(Channel::parse("room:1"), None);
+    }
+}

@@ -1,0 +1,332 @@
+//! Redis pub/sub backplane. Publishes go through a `ConnectionManager` (multiplexed, it
+//! reconnects by itself). Subscriptions live on one dedicated pub/sub connection owned by a
+//! task that keeps the wanted channel set, applies subscribe/unsubscribe commands in order,
+//! and after a lost connection reconnects with backoff, subscribes the whole set again and
+//! emits [`Event::Resynced`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Backplane, BackplaneError, Channel, Event};
+use crate::metrics::Metrics;
+
+/// Bound on one Redis round trip; a dead Redis must not hang a request.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle pub/sub connection is pinged to notice a half-open socket.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+enum Command {
+    Subscribe(Channel),
+    Unsubscribe(Channel),
+    Barrier(oneshot::Sender<()>),
+}
+
+pub struct RedisBackplane {
+    publisher: ConnectionManager,
+    commands: mpsc::UnboundedSender<Command>,
+    stop: CancellationToken,
+}
+
+impl RedisBackplane {
+    /// Validates the URL and starts the subscriber task. Does not wait for Redis: a node can
+    /// start while Redis is down and catches up (Resynced) when it returns.
+    pub fn connect(
+        url: &str,
+        events: mpsc::Sender<Event>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BackplaneError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(IO_TIMEOUT))
+            .set_response_timeout(Some(IO_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            Subscriber {
+                client,
+                events,
+                metrics,
+                wanted: HashSet::new(),
+            }
+            .run(rx, stop.clone()),
+        );
+        Ok(Self {
+            publisher,
+            commands,
+            stop,
+        })
+    }
+}
+
+impl Drop for RedisBackplane {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError> {
+        let mut conn = self.publisher.clone();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(channel.to_string())
+            .arg(payload.as_ref())
+            .to_owned();
+        match tokio::time::timeout(IO_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(res) => res.map(|_| ()).map_err(Into::into),
+            Err(_) => Err(BackplaneError::Timeout),
+        }
+    }
+
+    fn subscribe(&self, channel: Channel) {
+        let _ = self.commands.send(Command::Subscribe(channel));
+    }
+
+    fn unsubscribe(&self, channel: Channel) {
+        let _ = self.commands.send(Command::Unsubscribe(channel));
+    }
+
+    async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn ping(&self) -> Result<(), BackplaneError> {
+        let mut conn = self.publisher.clone();
+        match tokio::time::timeout(
+            IO_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(res) => res.map(|_| ()).map_err(Into::into),
+            Err(_) => Err(BackplaneError::Timeout),
+        }
+    }
+}
+
+struct Subscriber {
+    client: redis::Client,
+    events: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+    /// Every channel this node wants, whether or not Redis currently has it.
+    wanted: HashSet<Channel>,
+}
+
+impl Subscriber {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            // Connect, applying commands meanwhile so callers never wait on a dead Redis.
+            let pubsub = tokio::select! {
+                () = stop.cancelled() => return,
+                res = tokio::time::timeout(IO_TIMEOUT, self.client.get_async_pubsub()) => res,
+            };
+            let (mut sink, mut stream) = match pubsub {
+                Ok(Ok(p)) => p.split(),
+                failed => {
+                    if let Ok(Err(e)) = failed {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis pub/sub connect failed");
+                    }
+                    self.metrics
+                        .backend_up
+                        .with_label_values(&["backplane"])
+                        .set(0);
+                    let deadline = tokio::time::sleep(jitter(backoff));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            () = &mut deadline => break,
+                            () = stop.cancelled() => return,
+                            cmd = commands.recv() => match cmd {
+                                Some(cmd) => self.apply_offline(cmd),
+                                None => return,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let all: Vec<String> = self.wanted.iter().map(Channel::to_string).collect();
+            if !all.is_empty() && subscribe_all(&mut sink, &all).await.is_err() {
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            self.metrics
+                .backend_up
+                .with_label_values(&["backplane"])
+                .set(1);
+            self.metrics
+                .backplane_subscriptions
+                .set(self.wanted.len() as i64);
+            if connected_before {
+                self.metrics.backplane_reconnects.inc();
+                tracing::info!(
+                    channels = all.len(),
+                    "redis pub/sub reconnected and resubscribed"
+                );
+                if self.events.send(Event::Resynced).await.is_err() {
+                    return;
+                }
+            }
+            connected_before = true;
+
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.reset();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { break };
+                        let Some(channel) = Channel::parse(msg.get_channel_name()) else { continue };
+                        self.metrics.backplane_received.inc();
+                        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                        if self.events.send(Event::Payload { channel, payload }).await.is_err() {
+                            return;
+                        }
+                    }
+                    cmd = commands.recv() => {
+                        let Some(cmd) = cmd else { return };
+                        let mut batch = vec![cmd];
+                        while let Ok(more) = commands.try_recv() {
+                            batch.push(more);
+                        }
+                        if self.apply_online(&mut sink, batch).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = ping.tick() => {
+                        let alive = tokio::time::timeout(IO_TIMEOUT, sink.ping::<redis::Value>()).await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+            self.metrics
+                .backend_up
+                .with_label_values(&["backplane"])
+                .set(0);
+        }
+    }
+
+    /// While disconnected: remember the wish and release barriers at once (the resubscribe
+    /// on reconnect covers them, followed by `Resynced`).
+    fn apply_offline(&mut self, cmd: Command) {
+        match cmd {
+            Command::Subscribe(c) => {
+                self.wanted.insert(c);
+            }
+            Command::Unsubscribe(c) => {
+                self.wanted.remove(&c);
+            }
+            Command::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Applies a batch in order with one SUBSCRIBE and one UNSUBSCRIBE per run of commands.
+    /// Barriers are released after everything before them is confirmed.
+    async fn apply_online(&mut self, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), ()> {
+        let mut subs: Vec<String> = Vec::new();
+        let mut unsubs: Vec<String> = Vec::new();
+        let mut barriers = Vec::new();
+        let mut failed = false;
+        for cmd in batch {
+            match cmd {
+                Command::Subscribe(c) => {
+                    unsubs.retain(|n| *n != c.to_string());
+                    if self.wanted.insert(c) {
+                        subs.push(c.to_string());
+                    }
+                }
+                Command::Unsubscribe(c) => {
+                    subs.retain(|n| *n != c.to_string());
+                    if self.wanted.remove(&c) {
+                        unsubs.push(c.to_string());
+                    }
+                }
+                Command::Barrier(done) => {
+                    if !failed {
+                        failed = self.flush(sink, &mut subs, &mut unsubs).await.is_err();
+                    }
+                    barriers.push(done);
+                }
+            }
+        }
+        if !failed {
+            failed = self.flush(sink, &mut subs, &mut unsubs).await.is_err();
+        }
+        self.metrics
+            .backplane_subscriptions
+            .set(self.wanted.len() as i64);
+        for done in barriers {
+            let _ = done.send(());
+        }
+        if failed { Err(()) } else { Ok(()) }
+    }
+
+    async fn flush(
+        &self,
+        sink: &mut PubSubSink,
+        subs: &mut Vec<String>,
+        unsubs: &mut Vec<String>,
+    ) -> Result<(), ()> {
+        if !unsubs.is_empty() {
+            let names = std::mem::take(unsubs);
+            timed(sink.unsubscribe(&names)).await?;
+        }
+        if !subs.is_empty() {
+            let names = std::mem::take(subs);
+            subscribe_all(sink, &names).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn subscribe_all(sink: &mut PubSubSink, names: &[String]) -> Result<(), ()> {
+    // Large sets go in slices so one command stays a reasonable size.
+    for chunk in names.chunks(1000) {
+        timed(sink.subscribe(chunk)).await?;
+    }
+    Ok(())
+}
+
+async fn timed<F: std::future::Future<Output = redis::RedisResult<()>>>(f: F) -> Result<(), ()> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "redis subscription command failed");
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// Backoff plus up to 50% jitter so that a fleet does not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    use rand::RngExt;
+    let extra = rand::rng().random_range(0..=d.as_millis() as u64 / 2);
+    d + Duration::from_millis(extra)
+}

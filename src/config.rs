@@ -1,0 +1,226 @@
+//! Node configuration: one clap struct. Every flag also reads an environment variable and
+//! every default shows in `--help`, so a container is configured the same way as a shell.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time messaging gateway node"
+)]
+pub struct Config {
+    /// Public listener: REST API, WebSocket upgrades and the web client.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: /metrics, /healthz, /readyz and POST /admin/drain. Keep it private.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// HAProxy agent-check listener (answers `ready`, `drain` or `maint`); off when unset.
+    #[arg(long, env = "SWITCHBOARD_AGENT_LISTEN")]
+    pub agent_listen: Option<SocketAddr>,
+
+    /// Name of this node in hello frames, logs and metrics; defaults to the hostname.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Store: `sqlite://FILE` (embedded) or `mysql://user:pass@host:port/db` (production).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchboard.db")]
+    pub database_url: String,
+
+    /// Backplane: `redis://host:port`; unset means the in-process backplane (one node only).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Offline inbox: `mongodb://host:port/db`; unset means a table in the store's database.
+    #[arg(long, env = "MONGODB_URL")]
+    pub mongodb_url: Option<String>,
+
+    /// How often clients are told to send a heartbeat, in milliseconds.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub heartbeat_interval_ms: u64,
+
+    /// A session that sends nothing for this long is closed with 4000, in milliseconds.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Seconds a drain waits for sessions to leave before cutting them (the 5-minute TTL).
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 300)]
+    pub drain_timeout: u64,
+
+    /// Sessions closed per second while draining, so other nodes see no reconnect storm.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_CLOSE_RATE", default_value_t = 500)]
+    pub drain_close_rate: u32,
+
+    /// Largest message content accepted by send_message, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Largest HTTP request body, in bytes (413 above it).
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most members a group may have.
+    #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS", default_value_t = 1_000)]
+    pub max_group_members: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes (close 1009 above it).
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Outbound frames queued per session before it is closed as a slow consumer (4008).
+    #[arg(long, env = "SWITCHBOARD_SESSION_QUEUE", default_value_t = 1024)]
+    pub session_queue: usize,
+
+    /// Seconds an undelivered inbox entry is kept; past it clients use the history API.
+    #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value_t = 7 * 24 * 3600)]
+    pub inbox_ttl: u64,
+
+    /// Pending inbox entries kept per user; the oldest beyond it are dropped.
+    #[arg(long, env = "SWITCHBOARD_INBOX_MAX_PER_USER", default_value_t = 10_000)]
+    pub inbox_max_per_user: u32,
+
+    /// Inbox entries replayed to one session on connect or resync.
+    #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1_000)]
+    pub replay_limit: u32,
+
+    /// Log format.
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot: relations between values. The message is one line for main.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms
+        {
+            return Err(
+                "--heartbeat-timeout-ms must be greater than --heartbeat-interval-ms > 0".into(),
+            );
+        }
+        if self.drain_close_rate == 0 {
+            return Err("--drain-close-rate must be at least 1".into());
+        }
+        if self.session_queue == 0 || self.replay_limit == 0 || self.inbox_max_per_user == 0 {
+            return Err(
+                "--session-queue, --replay-limit and --inbox-max-per-user must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_message_bytes == 0
+            || self.max_frame_bytes < 1024
+            || self.max_body_bytes < self.max_message_bytes
+        {
+            return Err("--max-message-bytes must be >= 1, --max-frame-bytes >= 1024 and --max-body-bytes >= --max-message-bytes".into());
+        }
+        if self.max_group_members < 2 {
+            return Err("--max-group-members must be at least 2".into());
+        }
+        let db = &self.database_url;
+        if !(db.starts_with("sqlite:") || db.starts_with("mysql:") || db.starts_with("mariadb:")) {
+            return Err(format!(
+                "DATABASE_URL must start with sqlite: or mysql:, got {db:?}"
+            ));
+        }
+        if let Some(url) = &self.redis_url
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+        {
+            return Err(format!("REDIS_URL must start with redis://, got {url:?}"));
+        }
+        if let Some(url) = &self.mongodb_url
+            && !url.starts_with("mongodb://")
+            && !url.starts_with("mongodb+srv://")
+        {
+            return Err(format!(
+                "MONGODB_URL must start with mongodb://, got {url:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parses flags from an explicit list, with the environment variables of `env` only.
+    /// Tests use this instead of mutating the process environment.
+    pub fn from_args<I, S>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(
+            std::iter::once("switchboard".into()).chain(args.into_iter().map(Into::into)),
+        )
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("node-{}", std::process::id()))
+        })
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_node() {
+        let c = Config::from_args(Vec::<String>::new()).expect("defaults parse");
+        assert_eq!(c.listen.port(), 8000);
+        assert_eq!(c.database_url, "sqlite://switchboard.db");
+        assert!(c.redis_url.is_none() && c.mongodb_url.is_none());
+        assert_eq!(c.drain_timeout, 300);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_one_line() {
+        let c = Config::from_args(["--heartbeat-timeout-ms", "1000"]).expect("parses");
+        let err = c.validate().expect_err("timeout below interval");
+        assert!(!err.contains('\n'));
+        let c = Config::from_args(["--database-url", "postgres://x"]).expect("parses");
+        assert!(
+            c.validate()
+                .expect_err("unsupported")
+                .contains("DATABASE_URL")
+        );
+        assert!(Config::from_args(["--listen", "not-an-addr"]).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! Request decoding: form-urlencoded (what the seed's page sends) or JSON, into one field
+//! list that handlers read by name. Unknown fields are ignored; a field given twice with
+//! different values is refused unless it is a list.
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// Largest id accepted: ids are signed 64-bit in every backend.
+const MAX_ID: i64 = i64::MAX;
+
+#[derive(Debug, Default)]
+pub struct Fields {
+    items: Vec<(String, Value)>,
+}
+
+impl Fields {
+    /// Reads the body (at most `limit` bytes) and decodes it by content type.
+    pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Fields, ApiError> {
+        let content_type = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("The request body is larger than {limit} bytes."),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "The request body could not be read.",
+                ));
+            }
+        };
+        Self::parse(content_type.as_deref(), &body)
+    }
+
+    /// Decodes a body; pure, so it can be fuzzed.
+    pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Fields, ApiError> {
+        let kind = content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if kind == "application/json" || (kind.is_empty() && looks_json) {
+            let value: Value = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."))
+            })?;
+            let Value::Object(map) = value else {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    "The JSON body must be an object.",
+                ));
+            };
+            return Ok(Fields {
+                items: map.into_iter().collect(),
+            });
+        }
+        if kind.is_empty() || kind == "application/x-www-form-urlencoded" {
+            let Ok(text) = std::str::from_utf8(body) else {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "The form body is not valid UTF-8.",
+                ));
+            };
+            return Ok(Self::from_query(text));
+        }
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send application/x-www-form-urlencoded or application/json.",
+        ))
+    }
+
+    /// Decodes a query string (or form body).
+    pub fn from_query(query: &str) -> Fields {
+        let items = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        Fields { items }
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.items
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The single value of a field; a repeated field must repeat the same value.
+    fn one<'a>(&'a self, name: &'a str) -> Result<Option<&'a Value>, ApiError> {
+        let mut values = self.all(name);
+        let first = values.next();
+        if let Some(first) = first
+            && values.any(|v| v != first)
+        {
+            return Err(ApiError::bad_request(
+                "duplicate_field",
+                format!("`{name}` is given more than once."),
+            ));
+        }
+        Ok(first.filter(|v| !v.is_null()))
+    }
+
+    /// A text field. Numbers are accepted as their decimal text.
+    pub fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.one(name)? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`{name}` must be a string."),
+            )),
+        }
+    }
+
+    /// A positive id, as a JSON number or a decimal string.
+    pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.one(name)? {
+            None => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(v) => parse_id(v).map(Some).ok_or_else(|| invalid_id(name)),
+        }
+    }
+
+    /// A required positive id.
+    pub fn require_id(&self, name: &str) -> Result<i64, ApiError> {
+        self.id(name)?
+            .ok_or_else(|| ApiError::bad_request("missing_field", format!("`{name}` is required.")))
+    }
+
+    /// A list of ids: a JSON array, comma-separated text, or the field repeated.
+    pub fn ids(&self, name: &str) -> Result<Vec<i64>, ApiError> {
+        let mut out = Vec::new();
+        for v in self.all(name) {
+            match v {
+                Value::Array(items) => {
+                    for item in items {
+                        out.push(parse_id(item).ok_or_else(|| invalid_id(name))?);
+                    }
+                }
+                Value::String(s) => {
+                    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        out.push(
+                            parse_id(&Value::String(part.to_owned()))
+                                .ok_or_else(|| invalid_id(name))?,
+                        );
+                    }
+                }
+                Value::Null => {}
+                other => out.push(parse_id(other).ok_or_else(|| invalid_id(name))?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn invalid_id(name: &str) -> ApiError {
+    ApiError::bad_request(
+        "invalid_id",
+        format!("`{name}` must be a positive integer id."),
+    )
+}
+
+/// A positive 64-bit id from a JSON number or a decimal string.
+pub fn parse_id(v: &Value) -> Option<i64> {
+    let id = match v {
+        Value::Number(n) => n.as_i64()?,
+        Value::String(s) => {
+            let s = s.trim();
+            if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()?
+        }
+        _ => return None,
+    };
+    (1..=MAX_ID).contains(&id).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_and_json_give_the_same_fields() {
+        let form = Fields::parse(
+            Some("application/x-www-form-urlencoded"),
+            b"sender_id=3&content=hi+there&x=1",
+        )
+        .expect("form");
+        let json = Fields::parse(
+            Some("application/json"),
+            br#"{"sender_id":3,"content":"hi there","x":[1]}"#,
+        )
+        .expect("json");
+        for f in [&form, &json] {
+            assert_eq!(f.require_id("sender_id").expect("id"), 3);
+            assert_eq!(
+                f.text("content").expect("text").as_deref(),
+                Some("hi there")
+            );
+        }
+    }
+
+    #[test]
+    fn id_lists_in_every_spelling() {
+        let a = Fields::parse(None, b"user_ids=2,3&user_ids=4").expect("form");
+        assert_eq!(a.ids("user_ids").expect("ids"), vec![2, 3, 4]);
+        let b = Fields::parse(None, br#"{"user_ids":[2,"3"]}"#).expect("json");
+        assert_eq!(b.ids("user_ids").expect("ids"), vec![2, 3]);
+        let c = Fields::parse(None, br#"{"user_ids":"5"}"#).expect("json");
+        assert_eq!(c.ids("user_ids").expect("ids"), vec![5]);
+        assert!(
+            Fields::parse(None, b"user_ids=1,x")
+                .expect("form")
+                .ids("user_ids")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_ids_and_bodies_are_client_errors() {
+        for bad in ["0", "-1", "1.5", "abc", "99999999999999999999", "1e3"] {
+            let f = Fields::from_query(&format!("id={bad}"));
+            let e = f.id("id").expect_err(bad);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert_eq!(
+            Fields::parse(Some("application/json"), b"{nope")
+                .expect_err("bad json")
+                .code,
+            "invalid_json"
+        );
+        assert_eq!(
+            Fields::parse(Some("application/json"), b"[1]")
+                .expect_err("not an object")
+                .code,
+            "invalid_json"
+        );
+        assert_eq!(
+            Fields::parse(Some("text/plain"), b"x")
+                .expect_err("media")
+                .status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            Fields::parse(None, b"a=1&a=2")
+                .expect("form")
+                .id("a")
+                .expect_err("dup")
+                .code,
+            "duplicate_field"
+        );
+        assert_eq!(
+            Fields::parse(None, b"a=1&a=1")
+                .expect("form")
+                .id("a")
+                .expect("same twice"),
+            Some(1)
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! REST handlers of DESIGN §2. Each validates its input, calls the store, inbox and
+//! backplane in the order that keeps the delivery promise, and answers JSON.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::body::Fields;
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::backplane::{Channel, Envelope};
+use crate::model::{Group, GroupId, UserId, now_ms, now_us, rfc3339_millis};
+use crate::store::{NewMessage, Page};
+use crate::ws::protocol;
+
+pub type Reply = Result<serde_json::Value, ApiError>;
+
+const MAX_USERNAME: usize = 64;
+const MAX_GROUP_NAME: usize = 128;
+const MAX_CLIENT_MSG_ID: usize = 64;
+const MAX_HISTORY: u32 = 500;
+
+/// A trimmed name of 1..=max characters without control characters.
+fn clean_name(
+    value: Option<String>,
+    field: &str,
+    code: &'static str,
+    max: usize,
+) -> Result<String, ApiError> {
+    let value = value.unwrap_or_default();
+    let name = value.trim();
+    let len = name.chars().count();
+    if len == 0 || len > max || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            code,
+            format!("`{field}` must be 1 to {max} characters with no control characters."),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+pub async fn register(state: &AppState, f: Fields) -> Reply {
+    let username = clean_name(
+        f.text("username")?,
+        "username",
+        "invalid_username",
+        MAX_USERNAME,
+    )?;
+    let user = state.store.create_user(&username).await?;
+    tracing::info!(user_id = user.user_id, username = %user.username, node = %state.node, "user registered");
+    Ok(json!({ "user_id": user.user_id, "username": user.username }))
+}
+
+pub async fn create_group(state: &AppState, f: Fields) -> Reply {
+    let created_by = f.require_id("created_by")?;
+    let name = match f.text("name")?.or(f.text("groupName")?) {
+        Some(n) if !n.trim().is_empty() => {
+            clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?
+        }
+        _ => "Conversation".to_owned(),
+    };
+    let mut members = f.ids("user_ids")?;
+    members.push(created_by);
+    members.sort_unstable();
+    members.dedup();
+    if members.len() < 2 {
+        return Err(ApiError::bad_request(
+            "invalid_members",
+            "`user_ids` must name at least one user besides the creator.",
+        ));
+    }
+    if members.len() > state.config.max_group_members {
+        state
+            .metrics
+            .limit_rejections
+            .with_label_values(&["group_members"])
+            .inc();
+        return Err(ApiError::bad_request(
+            "too_many_members",
+            format!(
+                "A group has at most {} members.",
+                state.config.max_group_members
+            ),
+        ));
+    }
+    let (group, created) = state
+        .store
+        .create_group(&name, created_by, &members)
+        .await?;
+    if created {
+        tracing::info!(group_id = group.group_id, created_by, members = ?group.members, node = %state.node, "group created");
+        announce_group(state, &group).await;
+    }
+    let mut body = group.to_json();
+    body["created"] = created.into();
+    Ok(body)
+}
+
+/// Tells every member's node about a new group (`user:{id}`), so connected members
+/// subscribe and get `group_joined` without reconnecting. Best effort: a member who misses
+/// it picks the group up at the next connect or backplane resync.
+async fn announce_group(state: &AppState, group: &Group) {
+    let frame = protocol::group_joined(group);
+    let payload = Envelope::Joined {
+        group_id: group.group_id,
+        frame,
+    }
+    .encode();
+    for &member in &group.members {
+        if let Err(e) = state
+            .hub
+            .backplane()
+            .publish(Channel::User(member), payload.clone())
+            .await
+        {
+            tracing::warn!(error = %e, group_id = group.group_id, "could not announce group");
+        }
+    }
+}
+
+pub async fn send_message(state: &AppState, f: Fields) -> Reply {
+    let sender_id = f.require_id("sender_id")?;
+    let content = f.text("content")?.unwrap_or_default();
+    if content.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_content",
+            "`content` must not be empty.",
+        ));
+    }
+    if content.len() > state.config.max_message_bytes {
+        state
+            .metrics
+            .limit_rejections
+            .with_label_values(&["message_size"])
+            .inc();
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!(
+                "`content` is larger than {} bytes.",
+                state.config.max_message_bytes
+            ),
+        ));
+    }
+    let client_msg_id = f.text("client_msg_id")?.filter(|s| !s.is_empty());
+    if let Some(id) = &client_msg_id
+        && (id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_client_msg_id",
+            format!(
+                "`client_msg_id` must be at most {MAX_CLIENT_MSG_ID} bytes without control characters."
+            ),
+        ));
+    }
+    let (group_id, members) = match (f.id("group_id")?, f.id("receiver_id")?) {
+        (Some(g), None) => {
+            let members = state.store.group_members(g).await?.ok_or_else(|| {
+                ApiError::not_found("group_not_found", format!("No group with id {g}."))
+            })?;
+            (g, members)
+        }
+        (None, Some(receiver)) => {
+            if receiver == sender_id {
+                return Err(ApiError::bad_request(
+                    "invalid_receiver",
+                    "`receiver_id` must be another user.",
+                ));
+            }
+            let (group, created) = state
+                .store
+                .create_group("Conversation", sender_id, &[receiver])
+                .await?;
+            if created {
+                announce_group(state, &group).await;
+            }
+            (group.group_id, group.members)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_target",
+                "Give exactly one of `group_id` and `receiver_id`.",
+            ));
+        }
+    };
+    if !members.contains(&sender_id) {
+        if state.store.user(sender_id).await?.is_none() {
+            return Err(ApiError::not_found(
+                "user_not_found",
+                format!("No user with id {sender_id}."),
+            ));
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_member",
+            "The sender is not a member of this group.",
+        ));
+    }
+
+    let new = NewMessage {
+        group_id,
+        sender_id,
+        content,
+        client_msg_id,
+        sent_at_ms: now_ms(),
+    };
+    let (message, created) = state.store.insert_message(new).await?;
+    let recipients: Vec<UserId> = members
+        .iter()
+        .copied()
+        .filter(|m| *m != sender_id)
+        .collect();
+    if let Err(e) = state.inbox.append(&message, &recipients).await {
+        if created {
+            // Undo so that no half-sent message stays visible; a retry with the same
+            // client_msg_id starts over.
+            if let Err(e) = state.inbox.remove_message(message.message_id).await {
+                tracing::warn!(error = %e, message_id = message.message_id, "inbox compensation failed");
+            }
+            if let Err(e) = state.store.delete_message(message.message_id).await {
+                tracing::warn!(error = %e, message_id = message.message_id, "store compensation failed");
+            }
+        }
+        return Err(e.into());
+    }
+    publish(state, group_id, &message).await;
+    state.metrics.messages_sent.inc();
+    tracing::info!(message_id = message.message_id, group_id, sender_id, duplicate = !created, node = %state.node, "message sent");
+    Ok(json!({
+        "message_id": message.message_id,
+        "group_id": group_id,
+        "timestamp": rfc3339_millis(message.sent_at_ms),
+        "duplicate": !created,
+    }))
+}
+
+/// Publishes a stored, inboxed message. A failure is not the sender's problem: the inbox
+/// holds the message and the recipients' nodes replay it when their backplane resyncs.
+async fn publish(state: &AppState, group_id: GroupId, message: &crate::model::Message) {
+    let payload = Envelope::Message {
+        message_id: message.message_id,
+        sender_id: message.sender_id,
+        accepted_us: now_us(),
+        frame: message.frame(),
+    }
+    .encode();
+    for attempt in 0..2 {
+        match state
+            .hub
+            .backplane()
+            .publish(Channel::Group(group_id), payload.clone())
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, message_id = message.message_id, "publish failed")
+            }
+        }
+    }
+}
+
+pub async fn user_groups(state: &AppState, user: UserId) -> Reply {
+    if state.store.user(user).await?.is_none() {
+        return Err(ApiError::not_found(
+            "user_not_found",
+            format!("No user with id {user}."),
+        ));
+    }
+    let groups = state.store.user_groups(user).await?;
+    Ok(serde_json::Value::Array(
+        groups.iter().map(Group::to_json).collect(),
+    ))
+}
+
+pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) -> Reply {
+    let limit = match query.id("limit") {
+        Ok(None) => 100,
+        Ok(Some(n)) if n <= i64::from(MAX_HISTORY) => n as u32,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("`limit` must be 1 to {MAX_HISTORY}."),
+            ));
+        }
+    };
+    let page = Page {
+        after: query.id("after")?,
+        before: query.id("before")?,
+        limit,
+    };
+    if state.store.group_members(group).await?.is_none() {
+        return Err(ApiError::not_found(
+            "group_not_found",
+            format!("No group with id {group}."),
+        ));
+    }
+    let messages = state.store.messages(group, page).await?;
+    Ok(serde_json::Value::Array(
+        messages.iter().map(|m| m.to_json()).collect(),
+    ))
+}
+
+/// Readiness: Ready and every backend answers. Also refreshes `backend_up`.
+pub async fn readiness(state: &Arc<AppState>) -> (StatusCode, serde_json::Value) {
+    let timeout = std::time::Duration::from_secs(2);
+    let (store, inbox, backplane) = tokio::join!(
+        tokio::time::timeout(timeout, state.store.ping()),
+        tokio::time::timeout(timeout, state.inbox.ping()),
+        tokio::time::timeout(timeout, state.hub.backplane().ping()),
+    );
+    let up = [
+        ("store", matches!(store, Ok(Ok(())))),
+        ("inbox", matches!(inbox, Ok(Ok(())))),
+        ("backplane", matches!(backplane, Ok(Ok(())))),
+    ];
+    for (name, ok) in up {
+        state
+            .metrics
+            .backend_up
+            .with_label_values(&[name])
+            .set(i64::from(ok));
+    }
+    let phase = state.lifecycle.phase();
+    let ready = phase == crate::lifecycle::Phase::Ready && up.iter().all(|(_, ok)| *ok);
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "phase": phase.as_str(),
+        "node": state.node,
+        "backends": up.iter().map(|(n, ok)| (n.to_string(), json!(if *ok { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
+    });
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}
+
+pub fn not_found_route() -> ApiError {
+    ApiError::not_found("route_not_found", "No such route.")
+}
+
+pub fn page() -> Bytes {
+    Bytes::from_static(crate::web::INDEX_HTML.as_bytes())
+}

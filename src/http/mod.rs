@@ -1,0 +1,88 @@
+//! The HTTP side of a node: hyper 1.x HTTP/1.1 with upgrades, no framework. `serve` runs an
+//! accept loop until told to stop, then lets in-flight requests finish. Upgraded WebSocket
+//! connections leave hyper's graceful shutdown; the lifecycle tracks those sessions itself.
+
+mod body;
+mod error;
+mod handlers;
+mod router;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use body::{Fields, parse_id};
+pub use error::{ApiError, Body, json_response};
+pub use handlers::readiness;
+pub use router::Listener;
+
+use crate::app::AppState;
+
+/// How long a client may take to send its request headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish once the listener stops.
+const GRACE: Duration = Duration::from_secs(30);
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    kind: Listener,
+    stop: CancellationToken,
+) {
+    // hyper-util's GracefulShutdown does not take upgradeable connections, so connections
+    // are tracked here and told to finish their in-flight request when `stop` fires.
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(router::route(state, kind, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                res = conn.as_mut() => res,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, %peer, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?kind, "in-flight requests did not finish in time");
+    }
+}

@@ -1,0 +1,171 @@
+//! Routing: a plain `match` on method and path, one table per listener. Every answer is
+//! counted under its route template, never under a raw path, so labels stay bounded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+
+use super::body::Fields;
+use super::error::{ApiError, Body, json_response};
+use super::handlers;
+use crate::app::AppState;
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// REST, WebSocket and the page.
+    Public,
+    /// Operations: metrics, probes, drain.
+    Admin,
+}
+
+pub async fn route(
+    state: Arc<AppState>,
+    listener: Listener,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (template, result) = match (listener, &method, segments.as_slice()) {
+        (Listener::Public, &Method::GET, [""]) => ("/", Ok(html(handlers::page()))),
+        (Listener::Public, &Method::POST, ["register"]) => (
+            "/register",
+            async {
+                handlers::register(&state, form(&state, req).await?)
+                    .await
+                    .map(ok_json)
+            }
+            .await,
+        ),
+        (Listener::Public, &Method::POST, ["create_group"]) => (
+            "/create_group",
+            async {
+                handlers::create_group(&state, form(&state, req).await?)
+                    .await
+                    .map(ok_json)
+            }
+            .await,
+        ),
+        (Listener::Public, &Method::POST, ["send_message"]) => (
+            "/send_message",
+            async {
+                handlers::send_message(&state, form(&state, req).await?)
+                    .await
+                    .map(ok_json)
+            }
+            .await,
+        ),
+        (Listener::Public, &Method::GET, ["users", id, "groups"]) => {
+            let r = match path_id(id, "user") {
+                Ok(user) => handlers::user_groups(&state, user).await.map(ok_json),
+                Err(e) => Err(e),
+            };
+            ("/users/{id}/groups", r)
+        }
+        (Listener::Public, &Method::GET, ["groups", id, "messages"]) => {
+            let query = Fields::from_query(req.uri().query().unwrap_or(""));
+            let r = match path_id(id, "group") {
+                Ok(group) => handlers::group_messages(&state, group, &query)
+                    .await
+                    .map(ok_json),
+                Err(e) => Err(e),
+            };
+            ("/groups/{id}/messages", r)
+        }
+        (Listener::Public, &Method::GET, ["ws", id]) => {
+            let id = (*id).to_owned();
+            ("/ws/{user_id}", crate::ws::upgrade(&state, req, &id).await)
+        }
+        (Listener::Admin, &Method::POST, ["admin", "drain"]) => {
+            state.lifecycle.drain();
+            (
+                "/admin/drain",
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({ "phase": "draining" }),
+                )),
+            )
+        }
+        (_, &Method::GET, ["healthz"]) => (
+            "/healthz",
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ok", "node": state.node }),
+            )),
+        ),
+        (_, &Method::GET, ["readyz"]) => {
+            let (status, body) = handlers::readiness(&state).await;
+            ("/readyz", Ok(json_response(status, &body)))
+        }
+        (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
+        (Listener::Public, _, ["" | "register" | "create_group" | "send_message"])
+        | (Listener::Public, _, ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
+        | (Listener::Admin, _, ["admin", "drain"])
+        | (_, _, ["healthz" | "readyz" | "metrics"]) => (
+            "method_not_allowed",
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here."),
+            )),
+        ),
+        _ => ("unknown", Err(handlers::not_found_route())),
+    };
+    let mut res = result.unwrap_or_else(ApiError::into_response);
+    if state.lifecycle.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Keep-alive off while draining, so clients move to other nodes.
+        res.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    let m = &state.metrics;
+    m.http_requests
+        .with_label_values(&[template, res.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[template])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn form(state: &AppState, req: Request<Incoming>) -> Result<Fields, ApiError> {
+    Fields::read(req, state.config.max_body_bytes).await
+}
+
+fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    super::body::parse_id(&serde_json::Value::String(raw.to_owned())).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("The {what} id must be a positive integer."),
+        )
+    })
+}
+
+fn ok_json(v: serde_json::Value) -> Response<Body> {
+    json_response(StatusCode::OK, &v)
+}
+
+fn html(page: Bytes) -> Response<Body> {
+    let mut res = Response::new(Full::new(page));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    res
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}

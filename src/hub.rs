@@ -1,0 +1,322 @@
+//! The node's hub: which local sessions exist, which groups they follow, and the fan-out of
+//! backplane events to them.
+//!
+//! A group channel is subscribed once per node, when its first local session joins, and
+//! unsubscribed when its last one leaves (reference counting under the map's entry lock, so
+//! the subscribe/unsubscribe order matches the membership order). Fan-out never awaits: it
+//! `try_send`s into each session's bounded queue and closes a session whose queue is full
+//! with 4008; that client catches up from its inbox when it reconnects.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::backplane::{Backplane, Channel, Envelope, Event};
+use crate::metrics::Metrics;
+use crate::model::{GroupId, MessageId, UserId};
+use crate::ws::protocol::close;
+
+/// One message on its way to local sessions; shared by all of them.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message_id: MessageId,
+    pub group_id: GroupId,
+    pub sender_id: UserId,
+    /// When `send_message` accepted it, for the delivery latency histogram.
+    pub accepted_us: i64,
+    pub frame: Bytes,
+}
+
+#[derive(Debug)]
+pub enum Outbound {
+    Message(Arc<Delivery>),
+    /// A ready-made frame, such as `group_joined`.
+    Frame(Bytes),
+    /// The backplane lost publishes: replay the inbox.
+    Replay,
+}
+
+/// The hub's handle on one WebSocket session.
+pub struct SessionHandle {
+    pub id: u64,
+    pub user_id: UserId,
+    tx: mpsc::Sender<Outbound>,
+    close: CancellationToken,
+    close_code: AtomicU16,
+    /// Groups this session is in; `None` once detached, so a late join cannot leak it.
+    groups: Mutex<Option<HashSet<GroupId>>>,
+}
+
+impl SessionHandle {
+    pub fn new(id: u64, user_id: UserId, queue: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = SessionHandle {
+            id,
+            user_id,
+            tx,
+            close: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+            groups: Mutex::new(Some(HashSet::new())),
+        };
+        (Arc::new(handle), rx)
+    }
+
+    /// Queues an item without waiting. A full queue closes the session as a slow consumer;
+    /// returns true only for the push that did so.
+    pub fn push(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => self.close(close::SLOW_CONSUMER),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the session to close with `code`; the first code wins. Returns true if this call
+    /// set it.
+    pub fn close(&self, code: u16) -> bool {
+        let first = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.close.cancel();
+        first
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Resolves when `close` was called (cancel-safe).
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.close.cancelled()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.close.is_cancelled()
+    }
+}
+
+pub struct Hub {
+    backplane: Arc<dyn Backplane>,
+    users: DashMap<UserId, Vec<Arc<SessionHandle>>>,
+    groups: DashMap<GroupId, Vec<Arc<SessionHandle>>>,
+    metrics: Arc<Metrics>,
+    next_session: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(backplane: Arc<dyn Backplane>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Hub {
+            backplane,
+            users: DashMap::new(),
+            groups: DashMap::new(),
+            metrics,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    pub fn backplane(&self) -> &Arc<dyn Backplane> {
+        &self.backplane
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a session under its user and waits until the node is subscribed to the
+    /// user's channel, so that no later `group_joined` can be missed.
+    pub async fn attach(&self, s: &Arc<SessionHandle>) {
+        {
+            let mut sessions = self.users.entry(s.user_id).or_default();
+            if sessions.is_empty() {
+                self.backplane.subscribe(Channel::User(s.user_id));
+            }
+            sessions.push(s.clone());
+        }
+        self.backplane.barrier().await;
+    }
+
+    /// Adds a session to groups and waits until every new group channel is confirmed.
+    pub async fn join(&self, s: &Arc<SessionHandle>, groups: &[GroupId]) {
+        {
+            let Ok(mut mine) = s.groups.lock() else {
+                return;
+            };
+            let Some(mine) = mine.as_mut() else { return };
+            for &g in groups {
+                if mine.insert(g) {
+                    let mut members = self.groups.entry(g).or_default();
+                    if members.is_empty() {
+                        self.backplane.subscribe(Channel::Group(g));
+                    }
+                    members.push(s.clone());
+                }
+            }
+        }
+        self.backplane.barrier().await;
+    }
+
+    /// Removes a session everywhere, unsubscribing channels nobody local needs any more.
+    pub fn detach(&self, s: &SessionHandle) {
+        let groups = s
+            .groups
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .unwrap_or_default();
+        for g in groups {
+            self.groups.remove_if_mut(&g, |_, members| {
+                members.retain(|m| m.id != s.id);
+                let empty = members.is_empty();
+                if empty {
+                    self.backplane.unsubscribe(Channel::Group(g));
+                }
+                empty
+            });
+        }
+        self.users.remove_if_mut(&s.user_id, |_, sessions| {
+            sessions.retain(|m| m.id != s.id);
+            let empty = sessions.is_empty();
+            if empty {
+                self.backplane.unsubscribe(Channel::User(s.user_id));
+            }
+            empty
+        });
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.users.iter().flat_map(|e| e.value().clone()).collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.users.iter().map(|e| e.value().len()).sum()
+    }
+
+    /// Routes backplane events to local sessions until the backplane's sender is dropped.
+    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Payload {
+                    channel: Channel::Group(g),
+                    payload,
+                } => self.fan_out(g, payload),
+                Event::Payload {
+                    channel: Channel::User(u),
+                    payload,
+                } => self.joined(u, payload),
+                Event::Resynced => {
+                    for s in self.sessions() {
+                        self.push(&s, Outbound::Replay);
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&self, s: &SessionHandle, item: Outbound) {
+        if s.push(item) {
+            self.metrics.slow_consumer_disconnects.inc();
+            tracing::info!(session = s.id, user_id = s.user_id, "slow consumer closed");
+        }
+    }
+
+    fn fan_out(&self, group_id: GroupId, payload: Bytes) {
+        let Some(Envelope::Message {
+            message_id,
+            sender_id,
+            accepted_us,
+            frame,
+        }) = Envelope::decode(payload)
+        else {
+            tracing::debug!(group_id, "ignoring unknown payload on group channel");
+            return;
+        };
+        let delivery = Arc::new(Delivery {
+            message_id,
+            group_id,
+            sender_id,
+            accepted_us,
+            frame,
+        });
+        // try_send never awaits, so holding the shard's read guard here is fine.
+        if let Some(members) = self.groups.get(&group_id) {
+            for s in members.iter() {
+                self.push(s, Outbound::Message(delivery.clone()));
+            }
+        }
+    }
+
+    fn joined(self: &Arc<Self>, user: UserId, payload: Bytes) {
+        let Some(Envelope::Joined { group_id, frame }) = Envelope::decode(payload) else {
+            return;
+        };
+        let Some(sessions) = self.users.get(&user).map(|s| s.clone()) else {
+            return;
+        };
+        let hub = self.clone();
+        // Subscribing waits on the backplane, so it runs off the event loop.
+        tokio::spawn(async move {
+            for s in &sessions {
+                hub.join(s, &[group_id]).await;
+            }
+            for s in &sessions {
+                hub.push(s, Outbound::Frame(frame.clone()));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backplane::{MemoryBackplane, MemoryBus};
+
+    fn hub() -> (Arc<Hub>, MemoryBus) {
+        let bus = MemoryBus::new();
+        let (tx, rx) = mpsc::channel(16);
+        let hub = Hub::new(
+            Arc::new(MemoryBackplane::new(bus.clone(), tx)),
+            Arc::new(Metrics::new("t")),
+        );
+        tokio::spawn(hub.clone().run(rx));
+        (hub, bus)
+    }
+
+    #[tokio::test]
+    async fn one_subscription_per_group_however_many_sessions() {
+        let (hub, bus) = hub();
+        let (a, _ra) = SessionHandle::new(1, 10, 4);
+        let (b, _rb) = SessionHandle::new(2, 11, 4);
+        hub.join(&a, &[5]).await;
+        hub.join(&b, &[5]).await;
+        assert_eq!(hub.groups.get(&5).map(|g| g.len()), Some(2));
+        hub.detach(&a);
+        assert!(hub.groups.contains_key(&5), "still wanted by b");
+        hub.detach(&b);
+        assert!(!hub.groups.contains_key(&5));
+        // A late join after detach must not resurrect the session.
+        hub.join(&b, &[6]).await;
+        assert!(!hub.groups.contains_key(&6));
+        drop(bus);
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_with_4008_and_counts_once() {
+        let (hub, _bus) = hub();
+        let (s, _rx) = SessionHandle::new(1, 10, 1);
+        hub.push(&s, Outbound::Replay);
+        assert!(!s.is_closed());
+        hub.push(&s, Outbound::Replay);
+        hub.push(&s, Outbound::Replay);
+        assert_eq!(s.close_code(), Some(close::SLOW_CONSUMER));
+        assert_eq!(hub.metrics.slow_consumer_disconnects.get(), 1);
+    }
+}

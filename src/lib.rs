@@ -1,0 +1,38 @@
+//! Switchboard: a horizontally scaled real-time messaging gateway.
+//!
+//! Map of the modules, in the direction data flows (DESIGN §1):
+//!
+//! - [`config`]: the one clap struct; every flag also reads an environment variable.
+//! - [`app`]: builds a node from config and runs it on listeners until its drain completes.
+//! - [`http`]: hyper server, the router (`match` on method and path) and REST handlers.
+//! - [`store`]: users, groups and messages in MySQL or SQLite (trait `Store`).
+//! - [`inbox`]: the offline inbox in MongoDB or a SQL table (trait `Inbox`), and the
+//!   batched remover of delivered entries.
+//! - [`backplane`]: pub/sub between nodes over Redis or in-process (trait `Backplane`).
+//! - [`hub`]: the node's local sessions and reference-counted group subscriptions; fans
+//!   backplane events out to session queues without ever awaiting a slow socket.
+//! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
+//! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
+//! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
+//! - [`metrics`]: the node's Prometheus registry.
+//! - [`model`]: ids, users, groups, messages and their wire frame.
+//! - [`web`]: the embedded single-page client.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod app;
+pub mod backplane;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod inbox;
+pub mod lifecycle;
+pub mod metrics;
+pub mod model;
+pub mod store;
+pub mod web;
+pub mod ws;
+
+pub use app::{App, AppState};
+pub use config::Config;

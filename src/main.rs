@@ -1,0 +1,118 @@
+//! The `switchboard` binary: load config (exit 64 when it is bad), bind, run the node, and
+//! turn signals into the drain: the first SIGTERM/SIGINT drains, a second cuts at once.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchboard::config::LogFormat;
+use switchboard::{App, Config};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// sysexits: bad configuration or usage.
+const EX_CONFIG: u8 = 64;
+/// sysexits: a backend needed at start is unavailable.
+const EX_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .to_owned();
+            eprintln!("switchboard: {first}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if let Err(msg) = config.validate() {
+        eprintln!("switchboard: {msg}");
+        return ExitCode::from(EX_CONFIG);
+    }
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    };
+    let listeners = async {
+        let public = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let agent = match config.agent_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok::<_, String>((public, admin, agent))
+    };
+    let (public, admin, agent) = match listeners.await {
+        Ok(l) => l,
+        Err(msg) => {
+            eprintln!("switchboard: {msg}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let app = match App::build(config.clone()).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, node = %app.state().node, "switchboard starting");
+    let lifecycle = app.lifecycle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: draining");
+        lifecycle.drain();
+        wait_for_signal().await;
+        tracing::warn!("second signal: finishing now");
+        lifecycle.cut_now();
+    });
+    app.run(public, Some(admin), agent).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,140 @@
+//! Domain types shared by the store, the inbox, the hub and the HTTP layer, and the one
+//! place where a message becomes its wire frame.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+pub type UserId = i64;
+pub type GroupId = i64;
+pub type MessageId = i64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub user_id: UserId,
+    pub username: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub group_id: GroupId,
+    pub name: String,
+    pub created_by: UserId,
+    /// Sorted member ids.
+    pub members: Vec<UserId>,
+}
+
+/// A persisted message. `sent_at_ms` is milliseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub message_id: MessageId,
+    pub group_id: GroupId,
+    pub sender_id: UserId,
+    pub content: String,
+    pub sent_at_ms: i64,
+}
+
+/// The `message` frame of the WebSocket protocol (DESIGN §3), also the history API's item.
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message_id: MessageId,
+    group_id: GroupId,
+    sender_id: UserId,
+    content: &'a str,
+    timestamp: String,
+}
+
+impl Message {
+    /// JSON object of the message as clients see it, live, replayed or in history.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "message_id": self.message_id,
+            "group_id": self.group_id,
+            "sender_id": self.sender_id,
+            "content": self.content,
+            "timestamp": rfc3339_millis(self.sent_at_ms),
+        })
+    }
+
+    /// The serialized `message` frame. Built once per message and shared by every recipient.
+    pub fn frame(&self) -> Bytes {
+        let frame = MessageFrame {
+            kind: "message",
+            message_id: self.message_id,
+            group_id: self.group_id,
+            sender_id: self.sender_id,
+            content: &self.content,
+            timestamp: rfc3339_millis(self.sent_at_ms),
+        };
+        // Serializing plain strings and integers cannot fail.
+        Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
+    }
+}
+
+impl Group {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "group_id": self.group_id,
+            "name": self.name,
+            "groupName": self.name,
+            "created_by": self.created_by,
+            "members": self.members,
+        })
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch; used to measure delivery latency across nodes.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T00:33:45.123Z`.
+pub fn rfc3339_millis(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(1_764_290_025_123),
+            "2025-11-28T00:33:45.123Z"
+        );
+    }
+
+    #[test]
+    fn frame_carries_the_seed_fields() {
+        let m = Message {
+            message_id: 7,
+            group_id: 3,
+            sender_id: 1,
+            content: "hi \"x\"".into(),
+            sent_at_ms: 0,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.frame()).expect("json");
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["message_id"], 7);
+        assert_eq!(v["group_id"], 3);
+        assert_eq!(v["sender_id"], 1);
+        assert_eq!(v["content"], "hi \"x\"");
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+}

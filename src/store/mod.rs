@@ -1,0 +1,75 @@
+//! The durable store of users, groups, members and messages.
+//!
+//! `Store` is the trait; `SqlStore` implements it once over sqlx's `Any` driver for both
+//! backends, with the few statements that differ kept in [`Dialect`]. `mysql` and `sqlite`
+//! open their pools and carry their own migrations folder.
+
+mod mysql;
+mod sql;
+mod sqlite;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::model::{Group, GroupId, Message, MessageId, User, UserId};
+
+pub use sql::{Database, Dialect, SqlStore};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("username is already taken")]
+    UsernameTaken,
+    #[error("unknown user ids: {0:?}")]
+    UnknownUsers(Vec<UserId>),
+    #[error("client_msg_id was already used for a different message")]
+    ClientMsgIdReused,
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A message to persist. `client_msg_id` makes a retried send return the first result.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub group_id: GroupId,
+    pub sender_id: UserId,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub sent_at_ms: i64,
+}
+
+/// A window of group history. Without `after`, the newest `limit` messages before `before`.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub after: Option<MessageId>,
+    pub before: Option<MessageId>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn create_user(&self, username: &str) -> Result<User, StoreError>;
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// Creates a group of `members` (the creator included). A group of exactly two users is
+    /// their one-to-one conversation: the same pair always gets the same group back, even
+    /// under concurrent calls. Returns the group and whether this call created it.
+    async fn create_group(
+        &self,
+        name: &str,
+        created_by: UserId,
+        members: &[UserId],
+    ) -> Result<(Group, bool), StoreError>;
+    async fn group(&self, id: GroupId) -> Result<Option<Group>, StoreError>;
+    /// Member ids of a group, or `None` when the group does not exist.
+    async fn group_members(&self, id: GroupId) -> Result<Option<Vec<UserId>>, StoreError>;
+    async fn user_groups(&self, user: UserId) -> Result<Vec<Group>, StoreError>;
+    async fn user_group_ids(&self, user: UserId) -> Result<Vec<GroupId>, StoreError>;
+    /// Persists a message; ids increase in commit order within a group. With a
+    /// `client_msg_id` already used by the sender, returns the stored message and `false`.
+    async fn insert_message(&self, message: NewMessage) -> Result<(Message, bool), StoreError>;
+    /// Removes a message whose inbox fan-out failed, so no half-sent message stays visible.
+    async fn delete_message(&self, id: MessageId) -> Result<(), StoreError>;
+    async fn messages(&self, group: GroupId, page: Page) -> Result<Vec<Message>, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}

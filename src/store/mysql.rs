@@ -1,0 +1,32 @@
+//! MySQL / MariaDB: the production store. Creates the database on first start and runs the
+//! migrations in `migrations/mysql`.
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::MigrateDatabase;
+
+use super::StoreError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/mysql");
+
+pub(super) async fn connect(url: &str) -> Result<AnyPool, StoreError> {
+    if !sqlx::Any::database_exists(url).await? {
+        // Two nodes may race to create it; the loser's error is harmless if it now exists.
+        if let Err(e) = sqlx::Any::create_database(url).await
+            && !sqlx::Any::database_exists(url).await?
+        {
+            return Err(e.into());
+        }
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(32)
+        .min_connections(2)
+        // A dead MySQL must turn into a quick 503, not a request that hangs.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
