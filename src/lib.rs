@@ -17,12 +17,16 @@
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`model`]: ids, users, groups, messages and their wire frame.
 //! - [`web`]: the embedded single-page client.
+//! - [`client`]: a Rust client (REST, and WebSocket with the reconnect backoff) used by the
+//!   tests and load tools, and [`checker`], the loss/duplicate/order checker they share.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod app;
 pub mod backplane;
+pub mod checker;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod hub;

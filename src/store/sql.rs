@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::AnyPool;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyQueryResult, AnyRow};
+use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{NewMessage, Page, Store, StoreError};
@@ -110,6 +111,15 @@ fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {
         content: r.try_get("content")?,
         sent_at_ms: r.try_get("sent_at_ms")?,
     })
+}
+
+/// The id a statement just inserted. The Any driver reports it for MySQL; for SQLite it is
+/// read on the same connection.
+async fn inserted_id(done: &AnyQueryResult, conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    match done.last_insert_id() {
+        Some(id) => Ok(id),
+        None => sqlx::query("SELECT last_insert_rowid()").fetch_one(conn).await?.try_get(0),
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -363,7 +373,7 @@ impl Store for SqlStore {
             }
             Err(e) => return Err(e.into()),
         };
-        let message_id = done.last_insert_id().ok_or(sqlx::Error::RowNotFound)?;
+        let message_id = inserted_id(&done, &mut tx).await?;
         tx.commit().await?;
         Ok((
             Message {

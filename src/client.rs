@@ -1,0 +1,321 @@
+//! A Rust client of the gateway, used by the integration tests and the load tools: REST calls
+//! over pooled HTTP/1.1 connections, and WebSocket connections whose frames arrive on a
+//! channel (so a caller can wait with a timeout without cancelling a frame read).
+//!
+//! [`backoff`] is the reconnect delay of DESIGN §5: `min(cap, base * 2^attempt) + random(0,
+//! 1000 ms)`. [`reconnects`] tells which close codes mean "come back".
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketWrite};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::io::WriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::model::{GroupId, MessageId, UserId};
+use crate::ws::protocol::close;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("websocket: {0}")]
+    Ws(#[from] WebSocketError),
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("HTTP {status}: {body}")]
+    Status { status: StatusCode, body: Value },
+}
+
+/// The reconnect delay for `attempt` (0-based).
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    use rand::RngExt;
+    let exp = base.saturating_mul(2u32.saturating_pow(attempt.min(20)));
+    exp.min(cap) + Duration::from_millis(rand::rng().random_range(0..=1000))
+}
+
+/// Whether a client should reconnect after the server closed with `code`.
+pub fn reconnects(code: Option<u16>) -> bool {
+    !matches!(code, Some(close::NORMAL | close::POLICY))
+}
+
+type Pool = Arc<std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>>;
+
+/// REST client of one node (or of HAProxy).
+#[derive(Clone)]
+pub struct Api {
+    addr: SocketAddr,
+    pool: Pool,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, pool: Arc::default() }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        loop {
+            let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+            match pooled {
+                Some(s) if !s.is_closed() => return Ok(s),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request and returns status and JSON body (Null when the body is not JSON).
+    pub async fn request(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Value), ClientError> {
+        let mut sender = self.sender().await?;
+        sender.ready().await?;
+        let res = sender.send_request(req).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        if sender.is_ready() {
+            if let Ok(mut pool) = self.pool.lock() {
+                pool.push(sender);
+            }
+        }
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Result<(StatusCode, Value), ClientError> {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let req = Request::post(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))?;
+        self.request(req).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
+        let req = Request::post(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        self.request(req).await
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(StatusCode, Value), ClientError> {
+        let req = Request::get(path).header("host", self.addr.to_string()).body(Full::new(Bytes::new()))?;
+        self.request(req).await
+    }
+
+    fn expect_ok((status, body): (StatusCode, Value)) -> Result<Value, ClientError> {
+        if status == StatusCode::OK { Ok(body) } else { Err(ClientError::Status { status, body }) }
+    }
+
+    pub async fn register(&self, username: &str) -> Result<UserId, ClientError> {
+        let body = Self::expect_ok(self.post_form("/register", &[("username", username)]).await?)?;
+        Ok(body["user_id"].as_i64().unwrap_or_default())
+    }
+
+    /// Opens (or finds) the conversation of `created_by` with `others`.
+    pub async fn create_group(&self, created_by: UserId, others: &[UserId]) -> Result<GroupId, ClientError> {
+        let ids = others.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let by = created_by.to_string();
+        let body = self.post_form("/create_group", &[("name", "chat"), ("created_by", &by), ("user_ids", &ids)]).await?;
+        Ok(Self::expect_ok(body)?["group_id"].as_i64().unwrap_or_default())
+    }
+
+    /// Sends to a group; returns the raw answer so callers can see 4xx/5xx.
+    pub async fn send(
+        &self,
+        sender: UserId,
+        group: GroupId,
+        content: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let (s, g) = (sender.to_string(), group.to_string());
+        let mut fields = vec![("sender_id", s.as_str()), ("group_id", g.as_str()), ("content", content)];
+        if let Some(id) = client_msg_id {
+            fields.push(("client_msg_id", id));
+        }
+        self.post_form("/send_message", &fields).await
+    }
+}
+
+/// What a WebSocket connection yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    /// A JSON text frame.
+    Json(Value),
+    /// A text frame that is not JSON.
+    Text(String),
+    /// The server closed (with its code), or the connection dropped (`None`).
+    Closed(Option<u16>),
+}
+
+impl WsEvent {
+    /// The message id of a `message` frame.
+    pub fn message_id(&self) -> Option<MessageId> {
+        match self {
+            WsEvent::Json(v) if v["type"] == "message" => v["message_id"].as_i64(),
+            _ => None,
+        }
+    }
+}
+
+type Writer = Arc<Mutex<WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>>>;
+
+/// An open WebSocket session.
+pub struct WsConn {
+    pub events: mpsc::UnboundedReceiver<WsEvent>,
+    writer: Writer,
+}
+
+/// Opens `/ws/{user}` on `addr`. A refused upgrade comes back as `ClientError::Status`.
+pub async fn connect_ws(addr: SocketAddr, user: UserId, ack: bool) -> Result<WsConn, ClientError> {
+    connect_ws_path(addr, &format!("/ws/{user}{}", if ack { "?ack=1" } else { "" })).await
+}
+
+pub async fn connect_ws_path(addr: SocketAddr, path: &str) -> Result<WsConn, ClientError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", fastwebsockets::handshake::generate_key())
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))?;
+    let mut res = sender.send_request(req).await?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        return Err(ClientError::Status { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) });
+    }
+    let upgraded = hyper::upgrade::on(&mut res).await?;
+    let ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
+    let (mut read, write) = ws.split(tokio::io::split);
+    let writer: Writer = Arc::new(Mutex::new(write));
+    let (tx, events) = mpsc::unbounded_channel();
+    let obligated_writer = writer.clone();
+    // The only reader of this socket; never raced, so read_frame's lack of cancel safety
+    // does not matter.
+    tokio::spawn(async move {
+        let mut obligated = |frame: Frame<'_>| {
+            let writer = obligated_writer.clone();
+            let (opcode, payload) = (frame.opcode, frame.payload.to_vec());
+            async move {
+                let frame = Frame::new(true, opcode, None, Payload::Owned(payload));
+                writer.lock().await.write_frame(frame).await
+            }
+        };
+        loop {
+            let event = match read.read_frame(&mut obligated).await {
+                Ok(f) if f.opcode == OpCode::Text => {
+                    let text = String::from_utf8_lossy(&f.payload).into_owned();
+                    match serde_json::from_str(&text) {
+                        Ok(v) => WsEvent::Json(v),
+                        Err(_) => WsEvent::Text(text),
+                    }
+                }
+                Ok(f) if f.opcode == OpCode::Close => {
+                    let code = (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                    let _ = tx.send(WsEvent::Closed(code));
+                    return;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = tx.send(WsEvent::Closed(None));
+                    return;
+                }
+            };
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(WsConn { events, writer })
+}
+
+impl WsConn {
+    pub async fn send_text(&self, text: &str) -> Result<(), ClientError> {
+        let frame = Frame::text(Payload::Owned(text.as_bytes().to_vec()));
+        Ok(self.writer.lock().await.write_frame(frame).await?)
+    }
+
+    pub async fn send_frame(&self, frame: Frame<'_>) -> Result<(), ClientError> {
+        Ok(self.writer.lock().await.write_frame(frame).await?)
+    }
+
+    pub async fn ack(&self, ids: &[MessageId]) -> Result<(), ClientError> {
+        self.send_text(&serde_json::json!({ "type": "ack", "message_ids": ids }).to_string()).await
+    }
+
+    /// The next event, or `None` if none arrives within `within`. Cancel-safe.
+    pub async fn next(&mut self, within: Duration) -> Option<WsEvent> {
+        tokio::time::timeout(within, self.events.recv()).await.ok().flatten()
+    }
+
+    /// The next event that is not a heartbeat ack.
+    pub async fn next_non_ack(&mut self, within: Duration) -> Option<WsEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                WsEvent::Json(v) if v["type"] == "heartbeat_ack" => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// Closes with 1000.
+    pub async fn close(&self) {
+        let _ = self.writer.lock().await.write_frame(Frame::close(close::NORMAL, b"bye")).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_plus_jitter() {
+        let base = Duration::from_millis(500);
+        let cap = Duration::from_secs(30);
+        for attempt in 0..30 {
+            let d = backoff(attempt, base, cap);
+            let floor = (base * 2u32.pow(attempt.min(20))).min(cap);
+            assert!(d >= floor && d <= floor + Duration::from_millis(1000), "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn only_normal_and_policy_closes_stop_the_client() {
+        assert!(!reconnects(Some(1000)));
+        assert!(!reconnects(Some(1008)));
+        for code in [1001, 1009, 1011, 4000, 4008] {
+            assert!(reconnects(Some(code)), "{code}");
+        }
+        assert!(reconnects(None));
+    }
+}

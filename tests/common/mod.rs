@@ -1,0 +1,217 @@
+//! Shared test helpers: real backends (MariaDB, Redis, the MongoDB stand-in) with a fresh
+//! database per test, in-process nodes on port 0, and node processes for tests that need a
+//! real process (signals, kill -9).
+//!
+//! Real backends are required when `SWITCHBOARD_TEST_SERVICES=1` (set by `scripts/test`, so
+//! always in CI): then a missing service fails the test. A plain `cargo test` without them
+//! skips those cases with a note instead.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::app::Shared;
+use switchboard::client::Api;
+use switchboard::lifecycle::Lifecycle;
+use switchboard::{App, AppState, Config};
+use tokio::net::TcpListener;
+
+pub const MYSQL_ROOT: &str = "mysql://root@127.0.0.1:3306";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub const MONGO: &str = "mongodb://127.0.0.1:27017";
+
+pub fn services_required() -> bool {
+    std::env::var("SWITCHBOARD_TEST_SERVICES").is_ok_and(|v| v == "1")
+}
+
+fn reachable(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(300)).is_ok()
+}
+
+/// Whether a real service is there; panics when it must be and is not.
+pub fn service(name: &str, addr: &str) -> bool {
+    if reachable(addr) {
+        return true;
+    }
+    assert!(!services_required(), "{name} at {addr} is required (SWITCHBOARD_TEST_SERVICES=1) but not reachable");
+    eprintln!("note: {name} at {addr} not reachable; skipping its cases");
+    false
+}
+
+pub fn unique(prefix: &str) -> String {
+    use rand::RngExt;
+    format!("{prefix}_{}_{:08x}", std::process::id(), rand::rng().random::<u32>())
+}
+
+/// A fresh MySQL database URL, if MariaDB is there.
+pub fn mysql_url() -> Option<String> {
+    service("MariaDB", "127.0.0.1:3306").then(|| format!("{MYSQL_ROOT}/{}", unique("sbtest")))
+}
+
+pub fn redis_url() -> Option<String> {
+    service("Redis", "127.0.0.1:6379").then(|| REDIS.to_owned())
+}
+
+pub fn mongo_url() -> Option<String> {
+    service("MongoDB stand-in", "127.0.0.1:27017").then(|| format!("{MONGO}/{}", unique("sbtest")))
+}
+
+/// A SQLite file URL in a fresh temp dir (kept for the test's life by the returned guard).
+pub fn sqlite_url() -> (String, TempDir) {
+    let dir = TempDir::new();
+    (format!("sqlite://{}/switchboard.db", dir.path), dir)
+}
+
+pub struct TempDir {
+    pub path: String,
+}
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("switchboard"));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self { path: path.to_string_lossy().into_owned() }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A node running in this process on 127.0.0.1:0.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<AppState>,
+    pub lifecycle: Lifecycle,
+    pub task: tokio::task::JoinHandle<()>,
+    _dir: Option<TempDir>,
+}
+
+impl Node {
+    pub fn api(&self) -> Api {
+        Api::new(self.addr)
+    }
+
+    /// Drains and waits for the node to stop.
+    pub async fn stop(self) {
+        self.lifecycle.drain();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+/// Starts an embedded node (SQLite in a temp dir, in-process backplane) with extra flags.
+pub async fn embedded(extra: &[&str]) -> Node {
+    let (url, dir) = sqlite_url();
+    let mut args = vec!["--database-url", url.as_str()];
+    args.extend_from_slice(extra);
+    let mut node = start(&args, Shared::default()).await;
+    node._dir = Some(dir);
+    node
+}
+
+/// Starts a node with these flags on ephemeral ports.
+pub async fn start(args: &[&str], shared: Shared) -> Node {
+    let mut all = vec!["--node-id", "test", "--drain-timeout", "5"];
+    all.extend_from_slice(args);
+    let config = Config::from_args(all).expect("test config parses");
+    config.validate().expect("test config is valid");
+    let app = App::build_with(config, shared).await.expect("node builds");
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (addr, admin_addr) = (public.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+    let state = app.state().clone();
+    let lifecycle = app.lifecycle();
+    let task = tokio::spawn(app.run(public, Some(admin), None));
+    Node { addr, admin: admin_addr, state, lifecycle, task, _dir: None }
+}
+
+/// Registers `n` users with unique names.
+pub async fn users(api: &Api, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(api.register(&unique("u")).await.expect("register"));
+    }
+    out
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A node as a child process of the real binary.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[String], envs: &[(String, String)]) -> Proc {
+        let port = free_port();
+        let admin = free_port();
+        Self::spawn_on(port, admin, args, envs)
+    }
+
+    pub fn spawn_on(port: u16, admin: u16, args: &[String], envs: &[(String, String)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin}"))
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn switchboard");
+        Proc {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+        }
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn ready(&self) {
+        wait_ready(self.admin).await;
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Starts the same node again on the same ports.
+    pub fn restart(&mut self) {
+        let _ = self.child.wait();
+        let fresh = Proc::spawn_on(self.addr.port(), self.admin.port(), &self.args, &self.envs);
+        *self = fresh;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn wait_ready(admin: SocketAddr) {
+    let api = Api::new(admin);
+    for _ in 0..300 {
+        if let Ok((status, _)) = api.get("/readyz").await {
+            if status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node at {admin} never became ready");
+}

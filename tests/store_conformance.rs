@@ -1,0 +1,160 @@
+//! One `Store` conformance suite, run against every backend: SQLite always, MySQL
+//! (MariaDB) when the test command started it.
+
+mod common;
+
+use std::sync::Arc;
+
+use switchboard::metrics::Metrics;
+use switchboard::store::{Database, NewMessage, Page, SqlStore, Store, StoreError};
+
+async fn open(url: &str) -> Arc<dyn Store> {
+    let db = Database::connect(url).await.expect("connect and migrate");
+    Arc::new(SqlStore::new(db, Arc::new(Metrics::new("test"))))
+}
+
+fn msg(group: i64, sender: i64, content: &str, client: Option<&str>) -> NewMessage {
+    NewMessage {
+        group_id: group,
+        sender_id: sender,
+        content: content.into(),
+        client_msg_id: client.map(Into::into),
+        sent_at_ms: switchboard::model::now_ms(),
+    }
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+
+    // Users.
+    let alice = store.create_user(&common::unique("alice")).await.expect("alice");
+    let bob = store.create_user(&common::unique("bob")).await.expect("bob");
+    let carol = store.create_user(&common::unique("carol")).await.expect("carol");
+    assert!(bob.user_id > alice.user_id);
+    assert!(matches!(store.create_user(&alice.username).await, Err(StoreError::UsernameTaken)));
+    assert_eq!(store.user(alice.user_id).await.expect("get"), Some(alice.clone()));
+    assert_eq!(store.user(i64::MAX).await.expect("get"), None);
+    let odd = "Robert'); DROP TABLE users;-- ☃";
+    assert_eq!(store.create_user(odd).await.expect("verbatim").username, odd);
+
+    // A pair gets one conversation, however it is asked for.
+    let (g, created) = store.create_group("chat", alice.user_id, &[bob.user_id]).await.expect("group");
+    assert!(created);
+    assert_eq!(g.members, vec![alice.user_id, bob.user_id]);
+    let (again, created) = store.create_group("other name", bob.user_id, &[alice.user_id]).await.expect("again");
+    assert!(!created);
+    assert_eq!(again.group_id, g.group_id);
+    assert_eq!(again.name, "chat");
+
+    // Twenty racing calls for a new pair agree on one group, enforced by the database.
+    let (dave, erin) = (
+        store.create_user(&common::unique("dave")).await.expect("dave").user_id,
+        store.create_user(&common::unique("erin")).await.expect("erin").user_id,
+    );
+    let racers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let (by, other) = if i % 2 == 0 { (dave, erin) } else { (erin, dave) };
+            tokio::spawn(async move { store.create_group("race", by, &[other]).await.expect("race").0.group_id })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for r in racers {
+        ids.push(r.await.expect("join"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "racing create_group calls made {ids:?}");
+    assert_eq!(store.group_members(ids[0]).await.expect("members"), Some(vec![dave, erin]));
+
+    // Larger groups are never deduplicated; unknown members are named.
+    let (big, _) = store.create_group("trio", alice.user_id, &[bob.user_id, carol.user_id]).await.expect("trio");
+    let (big2, _) = store.create_group("trio", alice.user_id, &[bob.user_id, carol.user_id]).await.expect("trio2");
+    assert_ne!(big.group_id, big2.group_id);
+    match store.create_group("x", alice.user_id, &[i64::MAX - 1]).await {
+        Err(StoreError::UnknownUsers(ids)) => assert_eq!(ids, vec![i64::MAX - 1]),
+        other => panic!("expected UnknownUsers, got {other:?}"),
+    }
+    assert_eq!(store.group_members(i64::MAX).await.expect("none"), None);
+    assert_eq!(store.group(g.group_id).await.expect("group").map(|g| g.members), Some(vec![alice.user_id, bob.user_id]));
+
+    let groups = store.user_groups(alice.user_id).await.expect("user groups");
+    let ids: Vec<i64> = groups.iter().map(|g| g.group_id).collect();
+    assert_eq!(ids, vec![g.group_id, big.group_id, big2.group_id]);
+    assert_eq!(groups[1].members.len(), 3);
+    let mut gids = store.user_group_ids(bob.user_id).await.expect("ids");
+    gids.sort_unstable();
+    assert_eq!(gids, vec![g.group_id, big.group_id, big2.group_id]);
+
+    // Messages: ids increase, client_msg_id is idempotent, history pages in id order.
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let (m, created) = store.insert_message(msg(g.group_id, alice.user_id, &format!("m{i}"), None)).await.expect("insert");
+        assert!(created);
+        sent.push(m);
+    }
+    assert!(sent.windows(2).all(|w| w[0].message_id < w[1].message_id));
+    let (first, created) = store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("first");
+    assert!(created);
+    let (retry, created) = store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("retry");
+    assert!(!created);
+    assert_eq!(retry, first);
+    assert!(matches!(
+        store.insert_message(msg(g.group_id, bob.user_id, "different", Some("c-1"))).await,
+        Err(StoreError::ClientMsgIdReused)
+    ));
+    // Another sender may use the same client id.
+    assert!(store.insert_message(msg(g.group_id, alice.user_id, "once", Some("c-1"))).await.expect("other").1);
+
+    let all = store.messages(g.group_id, Page { after: None, before: None, limit: 500 }).await.expect("all");
+    assert_eq!(all.len(), 12);
+    assert!(all.windows(2).all(|w| w[0].message_id < w[1].message_id));
+    let latest = store.messages(g.group_id, Page { after: None, before: None, limit: 3 }).await.expect("latest");
+    assert_eq!(latest.iter().map(|m| m.message_id).collect::<Vec<_>>(), all[9..].iter().map(|m| m.message_id).collect::<Vec<_>>());
+    let after = store.messages(g.group_id, Page { after: Some(sent[2].message_id), before: None, limit: 2 }).await.expect("after");
+    assert_eq!(after.iter().map(|m| &m.content[..]).collect::<Vec<_>>(), vec!["m3", "m4"]);
+    let before = store.messages(g.group_id, Page { after: None, before: Some(sent[2].message_id), limit: 10 }).await.expect("before");
+    assert_eq!(before.iter().map(|m| &m.content[..]).collect::<Vec<_>>(), vec!["m0", "m1"]);
+    let weird = "'; DELETE FROM messages; -- <script>alert(1)</script> \u{1F600}";
+    let (w, _) = store.insert_message(msg(g.group_id, alice.user_id, weird, None)).await.expect("weird");
+    store.delete_message(sent[0].message_id).await.expect("delete");
+    let rest = store.messages(g.group_id, Page { after: None, before: None, limit: 500 }).await.expect("rest");
+    assert!(!rest.iter().any(|m| m.message_id == sent[0].message_id));
+    assert_eq!(rest.last().map(|m| m.content.as_str()), Some(weird));
+    assert_eq!(rest.last().map(|m| m.message_id), Some(w.message_id));
+
+    // Concurrent senders in one group: every id unique.
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let gid = g.group_id;
+            let sender = if i % 2 == 0 { alice.user_id } else { bob.user_id };
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for j in 0..10 {
+                    ids.push(store.insert_message(msg(gid, sender, &format!("c{i}-{j}"), None)).await.expect("insert").0.message_id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for w in writers {
+        ids.extend(w.await.expect("join"));
+    }
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let (url, _dir) = common::sqlite_url();
+    suite(open(&url).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_store_conforms() {
+    let Some(url) = common::mysql_url() else { return };
+    suite(open(&url).await).await;
+}
