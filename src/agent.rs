@@ -32,8 +32,7 @@ pub async fn serve(listener: TcpListener, lifecycle: Lifecycle, stop: Cancellati
         };
         let line = answer(lifecycle.phase());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes()))
-                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
             let _ = stream.shutdown().await;
         });
     }

@@ -68,15 +68,10 @@ impl App {
     pub async fn build_with(config: Config, shared: Shared) -> Result<App, StartError> {
         let node = config.node_name();
         let metrics = Arc::new(Metrics::new(&node));
-        metrics
-            .drain_timeout_seconds
-            .set(config.drain_timeout as i64);
+        metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
         let db = Database::connect(&config.database_url).await?;
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
-        let limits = inbox::Limits {
-            ttl_ms: config.inbox_ttl as i64 * 1000,
-            max_per_user: config.inbox_max_per_user,
-        };
+        let limits = inbox::Limits { ttl_ms: config.inbox_ttl as i64 * 1000, max_per_user: config.inbox_max_per_user };
         let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
             Some(url) => Arc::new(inbox::MongoInbox::connect(url, limits, metrics.clone()).await?),
             None => Arc::new(SqlInbox::new(db, limits, metrics.clone())),
@@ -84,10 +79,7 @@ impl App {
         let (events_tx, events_rx) = mpsc::channel(4096);
         let backplane: Arc<dyn Backplane> = match &config.redis_url {
             Some(url) => Arc::new(RedisBackplane::connect(url, events_tx, metrics.clone())?),
-            None => Arc::new(MemoryBackplane::new(
-                shared.bus.unwrap_or_default(),
-                events_tx,
-            )),
+            None => Arc::new(MemoryBackplane::new(shared.bus.unwrap_or_default(), events_tx)),
         };
         let hub = Hub::new(backplane, metrics.clone());
         tokio::spawn(hub.clone().run(events_rx));
@@ -103,9 +95,7 @@ impl App {
             lifecycle: Lifecycle::new(),
             sessions: TaskTracker::new(),
         };
-        Ok(App {
-            state: Arc::new(state),
-        })
+        Ok(App { state: Arc::new(state) })
     }
 
     pub fn state(&self) -> &Arc<AppState> {
@@ -117,35 +107,16 @@ impl App {
     }
 
     /// Serves until a drain (signal, admin call, agent or `lifecycle().drain()`) completes.
-    pub async fn run(
-        self,
-        public: TcpListener,
-        admin: Option<TcpListener>,
-        agent: Option<TcpListener>,
-    ) {
+    pub async fn run(self, public: TcpListener, admin: Option<TcpListener>, agent: Option<TcpListener>) {
         let state = self.state;
         let stop = CancellationToken::new();
         let mut servers = Vec::new();
-        servers.push(tokio::spawn(http::serve(
-            public,
-            state.clone(),
-            Listener::Public,
-            stop.clone(),
-        )));
+        servers.push(tokio::spawn(http::serve(public, state.clone(), Listener::Public, stop.clone())));
         if let Some(admin) = admin {
-            servers.push(tokio::spawn(http::serve(
-                admin,
-                state.clone(),
-                Listener::Admin,
-                stop.clone(),
-            )));
+            servers.push(tokio::spawn(http::serve(admin, state.clone(), Listener::Admin, stop.clone())));
         }
         if let Some(agent) = agent {
-            tokio::spawn(crate::agent::serve(
-                agent,
-                state.lifecycle.clone(),
-                stop.clone(),
-            ));
+            tokio::spawn(crate::agent::serve(agent, state.lifecycle.clone(), stop.clone()));
         }
         let phase_gauge = tokio::spawn(export_phase(state.clone()));
         let upkeep = tokio::spawn(upkeep(state.clone()));
@@ -173,25 +144,13 @@ async fn drain_sessions(state: &AppState) {
     let deadline = tokio::time::Instant::now() + state.config.drain_timeout();
     let cut = state.lifecycle.cut_token();
     // Close in ticks of 10 ms, rate/100 sessions per tick (at least one).
-    let per_tick = (state.config.drain_close_rate as usize)
-        .div_ceil(100)
-        .max(1);
+    let per_tick = (state.config.drain_close_rate as usize).div_ceil(100).max(1);
     let tick = Duration::from_secs(1) / state.config.drain_close_rate.clamp(1, 100);
-    tracing::info!(
-        sessions = state.hub.session_count(),
-        rate = state.config.drain_close_rate,
-        "drain started"
-    );
+    tracing::info!(sessions = state.hub.session_count(), rate = state.config.drain_close_rate, "drain started");
     let paced = async {
         loop {
-            let open: Vec<_> = state
-                .hub
-                .sessions()
-                .into_iter()
-                .filter(|s| !s.is_closed())
-                .collect();
-            m.drain_sessions_remaining
-                .set(state.hub.session_count() as i64);
+            let open: Vec<_> = state.hub.sessions().into_iter().filter(|s| !s.is_closed()).collect();
+            m.drain_sessions_remaining.set(state.hub.session_count() as i64);
             if open.is_empty() {
                 break;
             }
@@ -213,14 +172,8 @@ async fn drain_sessions(state: &AppState) {
     }
     state.sessions.close();
     // Sessions end within their write timeout after being closed.
-    if tokio::time::timeout(Duration::from_secs(15), state.sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = state.hub.session_count(),
-            "sessions did not end after the cut"
-        );
+    if tokio::time::timeout(Duration::from_secs(15), state.sessions.wait()).await.is_err() {
+        tracing::warn!(left = state.hub.session_count(), "sessions did not end after the cut");
     }
     m.drain_sessions_remaining.set(0);
     tracing::info!("drain finished");

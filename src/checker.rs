@@ -87,7 +87,9 @@ impl Checker {
             let lost = s
                 .accepted
                 .iter()
-                .map(|(id, users)| users.iter().filter(|u| !s.received.get(u).is_some_and(|r| r.contains(id))).count() as u64)
+                .map(|(id, users)| {
+                    users.iter().filter(|u| !s.received.get(u).is_some_and(|r| r.contains(id))).count() as u64
+                })
                 .sum();
             Report {
                 accepted: s.accepted.len() as u64,

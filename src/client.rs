@@ -137,7 +137,8 @@ impl Api {
     pub async fn create_group(&self, created_by: UserId, others: &[UserId]) -> Result<GroupId, ClientError> {
         let ids = others.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         let by = created_by.to_string();
-        let body = self.post_form("/create_group", &[("name", "chat"), ("created_by", &by), ("user_ids", &ids)]).await?;
+        let body =
+            self.post_form("/create_group", &[("name", "chat"), ("created_by", &by), ("user_ids", &ids)]).await?;
         Ok(Self::expect_ok(body)?["group_id"].as_i64().unwrap_or_default())
     }
 

@@ -16,22 +16,14 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(
-    name = "switchboard",
-    version,
-    about = "Real-time messaging gateway node"
-)]
+#[command(name = "switchboard", version, about = "Real-time messaging gateway node")]
 pub struct Config {
     /// Public listener: REST API, WebSocket upgrades and the web client.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
     /// Admin listener: /metrics, /healthz, /readyz and POST /admin/drain. Keep it private.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9000"
-    )]
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "127.0.0.1:9000")]
     pub admin_listen: SocketAddr,
 
     /// HAProxy agent-check listener (answers `ready`, `drain` or `maint`); off when unset.
@@ -55,19 +47,11 @@ pub struct Config {
     pub mongodb_url: Option<String>,
 
     /// How often clients are told to send a heartbeat, in milliseconds.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HEARTBEAT_INTERVAL_MS",
-        default_value_t = 5_000
-    )]
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL_MS", default_value_t = 5_000)]
     pub heartbeat_interval_ms: u64,
 
     /// A session that sends nothing for this long is closed with 4000, in milliseconds.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_MS",
-        default_value_t = 15_000
-    )]
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000)]
     pub heartbeat_timeout_ms: u64,
 
     /// Seconds a drain waits for sessions to leave before cutting them (the 5-minute TTL).
@@ -98,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SESSION_QUEUE", default_value_t = 1024)]
     pub session_queue: usize,
 
+    /// How long one socket write may block before the session is dropped, in milliseconds
+    /// (a client that stopped reading must not pin its session forever).
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub write_timeout_ms: u64,
+
     /// Seconds an undelivered inbox entry is kept; past it clients use the history API.
     #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value_t = 7 * 24 * 3600)]
     pub inbox_ttl: u64,
@@ -118,26 +107,16 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot: relations between values. The message is one line for main.
     pub fn validate(&self) -> Result<(), String> {
-        if self.heartbeat_interval_ms == 0
-            || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms
-        {
-            return Err(
-                "--heartbeat-timeout-ms must be greater than --heartbeat-interval-ms > 0".into(),
-            );
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err("--heartbeat-timeout-ms must be greater than --heartbeat-interval-ms > 0".into());
         }
         if self.drain_close_rate == 0 {
             return Err("--drain-close-rate must be at least 1".into());
         }
         if self.session_queue == 0 || self.replay_limit == 0 || self.inbox_max_per_user == 0 {
-            return Err(
-                "--session-queue, --replay-limit and --inbox-max-per-user must be at least 1"
-                    .into(),
-            );
+            return Err("--session-queue, --replay-limit and --inbox-max-per-user must be at least 1".into());
         }
-        if self.max_message_bytes == 0
-            || self.max_frame_bytes < 1024
-            || self.max_body_bytes < self.max_message_bytes
-        {
+        if self.max_message_bytes == 0 || self.max_frame_bytes < 1024 || self.max_body_bytes < self.max_message_bytes {
             return Err("--max-message-bytes must be >= 1, --max-frame-bytes >= 1024 and --max-body-bytes >= --max-message-bytes".into());
         }
         if self.max_group_members < 2 {
@@ -145,9 +124,7 @@ impl Config {
         }
         let db = &self.database_url;
         if !(db.starts_with("sqlite:") || db.starts_with("mysql:") || db.starts_with("mariadb:")) {
-            return Err(format!(
-                "DATABASE_URL must start with sqlite: or mysql:, got {db:?}"
-            ));
+            return Err(format!("DATABASE_URL must start with sqlite: or mysql:, got {db:?}"));
         }
         if let Some(url) = &self.redis_url
             && !url.starts_with("redis://")
@@ -159,9 +136,7 @@ impl Config {
             && !url.starts_with("mongodb://")
             && !url.starts_with("mongodb+srv://")
         {
-            return Err(format!(
-                "MONGODB_URL must start with mongodb://, got {url:?}"
-            ));
+            return Err(format!("MONGODB_URL must start with mongodb://, got {url:?}"));
         }
         Ok(())
     }
@@ -173,9 +148,7 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: Into<std::ffi::OsString> + Clone,
     {
-        Self::try_parse_from(
-            std::iter::once("switchboard".into()).chain(args.into_iter().map(Into::into)),
-        )
+        Self::try_parse_from(std::iter::once("switchboard".into()).chain(args.into_iter().map(Into::into)))
     }
 
     pub fn node_name(&self) -> String {
@@ -216,11 +189,7 @@ mod tests {
         let err = c.validate().expect_err("timeout below interval");
         assert!(!err.contains('\n'));
         let c = Config::from_args(["--database-url", "postgres://x"]).expect("parses");
-        assert!(
-            c.validate()
-                .expect_err("unsupported")
-                .contains("DATABASE_URL")
-        );
+        assert!(c.validate().expect_err("unsupported").contains("DATABASE_URL"));
         assert!(Config::from_args(["--listen", "not-an-addr"]).is_err());
     }
 }

@@ -79,10 +79,7 @@ impl SessionHandle {
     /// Asks the session to close with `code`; the first code wins. Returns true if this call
     /// set it.
     pub fn close(&self, code: u16) -> bool {
-        let first = self
-            .close_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        let first = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
         self.close.cancel();
         first
     }
@@ -166,12 +163,7 @@ impl Hub {
 
     /// Removes a session everywhere, unsubscribing channels nobody local needs any more.
     pub fn detach(&self, s: &SessionHandle) {
-        let groups = s
-            .groups
-            .lock()
-            .ok()
-            .and_then(|mut g| g.take())
-            .unwrap_or_default();
+        let groups = s.groups.lock().ok().and_then(|mut g| g.take()).unwrap_or_default();
         for g in groups {
             self.groups.remove_if_mut(&g, |_, members| {
                 members.retain(|m| m.id != s.id);
@@ -204,14 +196,8 @@ impl Hub {
     pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<Event>) {
         while let Some(event) = events.recv().await {
             match event {
-                Event::Payload {
-                    channel: Channel::Group(g),
-                    payload,
-                } => self.fan_out(g, payload),
-                Event::Payload {
-                    channel: Channel::User(u),
-                    payload,
-                } => self.joined(u, payload),
+                Event::Payload { channel: Channel::Group(g), payload } => self.fan_out(g, payload),
+                Event::Payload { channel: Channel::User(u), payload } => self.joined(u, payload),
                 Event::Resynced => {
                     for s in self.sessions() {
                         self.push(&s, Outbound::Replay);
@@ -229,23 +215,11 @@ impl Hub {
     }
 
     fn fan_out(&self, group_id: GroupId, payload: Bytes) {
-        let Some(Envelope::Message {
-            message_id,
-            sender_id,
-            accepted_us,
-            frame,
-        }) = Envelope::decode(payload)
-        else {
+        let Some(Envelope::Message { message_id, sender_id, accepted_us, frame }) = Envelope::decode(payload) else {
             tracing::debug!(group_id, "ignoring unknown payload on group channel");
             return;
         };
-        let delivery = Arc::new(Delivery {
-            message_id,
-            group_id,
-            sender_id,
-            accepted_us,
-            frame,
-        });
+        let delivery = Arc::new(Delivery { message_id, group_id, sender_id, accepted_us, frame });
         // try_send never awaits, so holding the shard's read guard here is fine.
         if let Some(members) = self.groups.get(&group_id) {
             for s in members.iter() {
@@ -282,10 +256,7 @@ mod tests {
     fn hub() -> (Arc<Hub>, MemoryBus) {
         let bus = MemoryBus::new();
         let (tx, rx) = mpsc::channel(16);
-        let hub = Hub::new(
-            Arc::new(MemoryBackplane::new(bus.clone(), tx)),
-            Arc::new(Metrics::new("t")),
-        );
+        let hub = Hub::new(Arc::new(MemoryBackplane::new(bus.clone(), tx)), Arc::new(Metrics::new("t")));
         tokio::spawn(hub.clone().run(rx));
         (hub, bus)
     }

@@ -42,10 +42,7 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     pub fn new() -> Self {
-        Self {
-            phase: watch::Sender::new(Phase::Starting),
-            cut: CancellationToken::new(),
-        }
+        Self { phase: watch::Sender::new(Phase::Starting), cut: CancellationToken::new() }
     }
 
     pub fn phase(&self) -> Phase {
@@ -60,11 +57,7 @@ impl Lifecycle {
     pub fn advance(&self, next: Phase) -> bool {
         self.phase.send_if_modified(|p| {
             if next > *p {
-                tracing::info!(
-                    from = p.as_str(),
-                    to = next.as_str(),
-                    "lifecycle transition"
-                );
+                tracing::info!(from = p.as_str(), to = next.as_str(), "lifecycle transition");
                 *p = next;
                 true
             } else {
@@ -125,9 +118,6 @@ mod tests {
         l.advance(Phase::Ready);
         assert!(!waiter.is_finished());
         l.drain();
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
-            .await
-            .expect("resolves")
-            .expect("joins");
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.expect("resolves").expect("joins");
     }
 }

@@ -22,12 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let first = e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .to_owned();
+            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_owned();
             eprintln!("switchboard: {first}");
             return ExitCode::from(EX_CONFIG);
         }
@@ -37,10 +32,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EX_CONFIG);
     }
     init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard: cannot start the runtime: {e}");
@@ -51,11 +43,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
-    };
+    let bind = |addr| async move { TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}")) };
     let listeners = async {
         let public = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
@@ -95,10 +83,7 @@ async fn run(config: Config) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -5,15 +5,13 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets from 0.5 ms to 5 s, dense where a healthy gateway lives.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -46,9 +44,7 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 fn hopts(name: &str, help: &str) -> HistogramOpts {
-    HistogramOpts::new(name, help)
-        .namespace("switchboard")
-        .buckets(LATENCY_BUCKETS.to_vec())
+    HistogramOpts::new(name, help).namespace("switchboard").buckets(LATENCY_BUCKETS.to_vec())
 }
 
 impl Metrics {
@@ -59,33 +55,19 @@ impl Metrics {
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("valid metric");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("unique metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
                 m
             }};
         }
         let m = Metrics {
-            ws_connections: reg!(IntGauge::with_opts(opts(
-                "ws_connections",
-                "Open WebSocket sessions."
-            ))),
-            ws_connects: reg!(IntCounter::with_opts(opts(
-                "ws_connects_total",
-                "WebSocket sessions opened."
-            ))),
+            ws_connections: reg!(IntGauge::with_opts(opts("ws_connections", "Open WebSocket sessions."))),
+            ws_connects: reg!(IntCounter::with_opts(opts("ws_connects_total", "WebSocket sessions opened."))),
             ws_disconnects: reg!(IntCounterVec::new(
-                opts(
-                    "ws_disconnects_total",
-                    "WebSocket sessions closed, by reason."
-                ),
+                opts("ws_disconnects_total", "WebSocket sessions closed, by reason."),
                 &["reason"]
             )),
             ws_upgrade_rejected: reg!(IntCounterVec::new(
-                opts(
-                    "ws_upgrade_rejected_total",
-                    "WebSocket upgrades refused, by reason."
-                ),
+                opts("ws_upgrade_rejected_total", "WebSocket upgrades refused, by reason."),
                 &["reason"]
             )),
             heartbeat_timeouts: reg!(IntCounter::with_opts(opts(
@@ -97,36 +79,24 @@ impl Metrics {
                 "Messages accepted by send_message."
             ))),
             messages_delivered: reg!(IntCounterVec::new(
-                opts(
-                    "messages_delivered_total",
-                    "Message frames written to sockets, live or replayed."
-                ),
+                opts("messages_delivered_total", "Message frames written to sockets, live or replayed."),
                 &["path"]
             )),
             delivery_latency: reg!(Histogram::with_opts(hopts(
                 "delivery_latency_seconds",
                 "From acceptance of a message to the write of its live frame."
             ))),
-            inbox_pending: reg!(IntGauge::with_opts(opts(
-                "inbox_pending",
-                "Undelivered inbox entries (sampled)."
-            ))),
+            inbox_pending: reg!(IntGauge::with_opts(opts("inbox_pending", "Undelivered inbox entries (sampled)."))),
             slow_consumer_disconnects: reg!(IntCounter::with_opts(opts(
                 "slow_consumer_disconnects_total",
                 "Sessions closed with 4008 because their queue was full."
             ))),
             http_requests: reg!(IntCounterVec::new(
-                opts(
-                    "http_requests_total",
-                    "HTTP requests by route template and status."
-                ),
+                opts("http_requests_total", "HTTP requests by route template and status."),
                 &["route", "status"]
             )),
             http_duration: reg!(HistogramVec::new(
-                hopts(
-                    "http_request_duration_seconds",
-                    "HTTP request duration by route template."
-                ),
+                hopts("http_request_duration_seconds", "HTTP request duration by route template."),
                 &["route"]
             )),
             backplane_subscriptions: reg!(IntGauge::with_opts(opts(
@@ -142,17 +112,11 @@ impl Metrics {
                 "Backplane reconnections after a lost connection."
             ))),
             store_query_duration: reg!(HistogramVec::new(
-                hopts(
-                    "store_query_duration_seconds",
-                    "Store and inbox operation duration by operation."
-                ),
+                hopts("store_query_duration_seconds", "Store and inbox operation duration by operation."),
                 &["op"]
             )),
             backend_up: reg!(IntGaugeVec::new(
-                opts(
-                    "backend_up",
-                    "1 when the backend answered its last health check."
-                ),
+                opts("backend_up", "1 when the backend answered its last health check."),
                 &["backend"]
             )),
             lifecycle_phase: reg!(IntGauge::with_opts(opts(
@@ -172,26 +136,17 @@ impl Metrics {
                 "Unix time the current drain began, 0 when not draining."
             ))),
             limit_rejections: reg!(IntCounterVec::new(
-                opts(
-                    "limit_rejections_total",
-                    "Requests or frames refused by a configured limit."
-                ),
+                opts("limit_rejections_total", "Requests or frames refused by a configured limit."),
                 &["limit"]
             )),
             registry,
         };
-        let info = IntGaugeVec::new(
-            opts("build_info", "Node identity and version."),
-            &["node", "version"],
-        )
-        .expect("valid metric");
-        info.with_label_values(&[node, env!("CARGO_PKG_VERSION")])
-            .set(1);
+        let info = IntGaugeVec::new(opts("build_info", "Node identity and version."), &["node", "version"])
+            .expect("valid metric");
+        info.with_label_values(&[node, env!("CARGO_PKG_VERSION")]).set(1);
         m.registry.register(Box::new(info)).expect("unique metric");
         m.registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("process collector");
         for backend in ["store", "inbox", "backplane"] {
             m.backend_up.with_label_values(&[backend]).set(1);
@@ -209,10 +164,7 @@ impl Metrics {
 
     /// Starts a timer for one store or inbox operation.
     pub fn time_query(&self, op: &'static str) -> QueryTimer {
-        QueryTimer {
-            histogram: self.store_query_duration.with_label_values(&[op]),
-            started: Instant::now(),
-        }
+        QueryTimer { histogram: self.store_query_duration.with_label_values(&[op]), started: Instant::now() }
     }
 }
 
@@ -238,12 +190,8 @@ mod tests {
         m.ws_disconnects.with_label_values(&["client_close"]).inc();
         m.ws_upgrade_rejected.with_label_values(&["draining"]).inc();
         m.messages_delivered.with_label_values(&["live"]).inc();
-        m.http_requests
-            .with_label_values(&["/register", "200"])
-            .inc();
-        m.http_duration
-            .with_label_values(&["/register"])
-            .observe(0.01);
+        m.http_requests.with_label_values(&["/register", "200"]).inc();
+        m.http_duration.with_label_values(&["/register"]).observe(0.01);
         m.limit_rejections.with_label_values(&["send_rate"]).inc();
         drop(m.time_query("insert_message"));
         let text = String::from_utf8(m.render()).expect("utf8");

@@ -87,18 +87,12 @@ impl Group {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Microseconds since the Unix epoch; used to measure delivery latency across nodes.
 pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T00:33:45.123Z`.
@@ -114,21 +108,12 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_with_millis() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(1_764_290_025_123),
-            "2025-11-28T00:33:45.123Z"
-        );
+        assert_eq!(rfc3339_millis(1_764_290_025_123), "2025-11-28T00:33:45.123Z");
     }
 
     #[test]
     fn frame_carries_the_seed_fields() {
-        let m = Message {
-            message_id: 7,
-            group_id: 3,
-            sender_id: 1,
-            content: "hi \"x\"".into(),
-            sent_at_ms: 0,
-        };
+        let m = Message { message_id: 7, group_id: 3, sender_id: 1, content: "hi \"x\"".into(), sent_at_ms: 0 };
         let v: serde_json::Value = serde_json::from_slice(&m.frame()).expect("json");
         assert_eq!(v["type"], "message");
         assert_eq!(v["message_id"], 7);

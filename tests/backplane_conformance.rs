@@ -61,7 +61,10 @@ async fn suite((a, mut a_rx): Node, (b, mut b_rx): Node) {
     b.subscribe(g);
     b.barrier().await;
     a.publish(g, Bytes::from_static(b"still")).await.expect("publish");
-    assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p), Some(Bytes::from_static(b"still")));
+    assert_eq!(
+        next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),
+        Some(Bytes::from_static(b"still"))
+    );
     b.unsubscribe(g);
     b.barrier().await;
     a.publish(g, Bytes::from_static(b"gone")).await.expect("publish");
@@ -120,5 +123,8 @@ async fn redis_backplane_resubscribes_after_a_lost_connection() {
     .await;
     assert!(resynced.is_ok(), "no Resynced after the pub/sub connection was killed");
     a.publish(g, Bytes::from_static(b"after")).await.expect("publish");
-    assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p), Some(Bytes::from_static(b"after")));
+    assert_eq!(
+        next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),
+        Some(Bytes::from_static(b"after"))
+    );
 }

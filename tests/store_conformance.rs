@@ -75,7 +75,10 @@ async fn suite(store: Arc<dyn Store>) {
         other => panic!("expected UnknownUsers, got {other:?}"),
     }
     assert_eq!(store.group_members(i64::MAX).await.expect("none"), None);
-    assert_eq!(store.group(g.group_id).await.expect("group").map(|g| g.members), Some(vec![alice.user_id, bob.user_id]));
+    assert_eq!(
+        store.group(g.group_id).await.expect("group").map(|g| g.members),
+        Some(vec![alice.user_id, bob.user_id])
+    );
 
     let groups = store.user_groups(alice.user_id).await.expect("user groups");
     let ids: Vec<i64> = groups.iter().map(|g| g.group_id).collect();
@@ -88,14 +91,17 @@ async fn suite(store: Arc<dyn Store>) {
     // Messages: ids increase, client_msg_id is idempotent, history pages in id order.
     let mut sent = Vec::new();
     for i in 0..10 {
-        let (m, created) = store.insert_message(msg(g.group_id, alice.user_id, &format!("m{i}"), None)).await.expect("insert");
+        let (m, created) =
+            store.insert_message(msg(g.group_id, alice.user_id, &format!("m{i}"), None)).await.expect("insert");
         assert!(created);
         sent.push(m);
     }
     assert!(sent.windows(2).all(|w| w[0].message_id < w[1].message_id));
-    let (first, created) = store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("first");
+    let (first, created) =
+        store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("first");
     assert!(created);
-    let (retry, created) = store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("retry");
+    let (retry, created) =
+        store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("retry");
     assert!(!created);
     assert_eq!(retry, first);
     assert!(matches!(
@@ -109,10 +115,19 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(all.len(), 12);
     assert!(all.windows(2).all(|w| w[0].message_id < w[1].message_id));
     let latest = store.messages(g.group_id, Page { after: None, before: None, limit: 3 }).await.expect("latest");
-    assert_eq!(latest.iter().map(|m| m.message_id).collect::<Vec<_>>(), all[9..].iter().map(|m| m.message_id).collect::<Vec<_>>());
-    let after = store.messages(g.group_id, Page { after: Some(sent[2].message_id), before: None, limit: 2 }).await.expect("after");
+    assert_eq!(
+        latest.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+        all[9..].iter().map(|m| m.message_id).collect::<Vec<_>>()
+    );
+    let after = store
+        .messages(g.group_id, Page { after: Some(sent[2].message_id), before: None, limit: 2 })
+        .await
+        .expect("after");
     assert_eq!(after.iter().map(|m| &m.content[..]).collect::<Vec<_>>(), vec!["m3", "m4"]);
-    let before = store.messages(g.group_id, Page { after: None, before: Some(sent[2].message_id), limit: 10 }).await.expect("before");
+    let before = store
+        .messages(g.group_id, Page { after: None, before: Some(sent[2].message_id), limit: 10 })
+        .await
+        .expect("before");
     assert_eq!(before.iter().map(|m| &m.content[..]).collect::<Vec<_>>(), vec!["m0", "m1"]);
     let weird = "'; DELETE FROM messages; -- <script>alert(1)</script> \u{1F600}";
     let (w, _) = store.insert_message(msg(g.group_id, alice.user_id, weird, None)).await.expect("weird");
@@ -131,7 +146,14 @@ async fn suite(store: Arc<dyn Store>) {
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for j in 0..10 {
-                    ids.push(store.insert_message(msg(gid, sender, &format!("c{i}-{j}"), None)).await.expect("insert").0.message_id);
+                    ids.push(
+                        store
+                            .insert_message(msg(gid, sender, &format!("c{i}-{j}"), None))
+                            .await
+                            .expect("insert")
+                            .0
+                            .message_id,
+                    );
                 }
                 ids
             })

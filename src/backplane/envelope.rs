@@ -11,27 +11,16 @@ use crate::model::{GroupId, MessageId, UserId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Envelope {
-    Message {
-        message_id: MessageId,
-        sender_id: UserId,
-        accepted_us: i64,
-        frame: Bytes,
-    },
-    Joined {
-        group_id: GroupId,
-        frame: Bytes,
-    },
+    Message { message_id: MessageId, sender_id: UserId, accepted_us: i64, frame: Bytes },
+    Joined { group_id: GroupId, frame: Bytes },
 }
 
 impl Envelope {
     pub fn encode(&self) -> Bytes {
         let (header, frame) = match self {
-            Envelope::Message {
-                message_id,
-                sender_id,
-                accepted_us,
-                frame,
-            } => (format!("M {message_id} {sender_id} {accepted_us}\n"), frame),
+            Envelope::Message { message_id, sender_id, accepted_us, frame } => {
+                (format!("M {message_id} {sender_id} {accepted_us}\n"), frame)
+            }
             Envelope::Joined { group_id, frame } => (format!("J {group_id}\n"), frame),
         };
         let mut out = BytesMut::with_capacity(header.len() + frame.len());
@@ -49,16 +38,8 @@ impl Envelope {
         let kind = parts.next()?;
         let mut num = || parts.next()?.parse::<i64>().ok();
         match kind {
-            "M" => Some(Envelope::Message {
-                message_id: num()?,
-                sender_id: num()?,
-                accepted_us: num()?,
-                frame,
-            }),
-            "J" => Some(Envelope::Joined {
-                group_id: num()?,
-                frame,
-            }),
+            "M" => Some(Envelope::Message { message_id: num()?, sender_id: num()?, accepted_us: num()?, frame }),
+            "J" => Some(Envelope::Joined { group_id: num()?, frame }),
             _ => None,
         }
     }
@@ -77,10 +58,7 @@ mod tests {
             frame: Bytes::from_static(b"{\"a\":\"\\n\"}"),
         };
         assert_eq!(Envelope::decode(m.encode()), Some(m));
-        let j = Envelope::Joined {
-            group_id: 4,
-            frame: Bytes::from_static(b"{}"),
-        };
+        let j = Envelope::Joined { group_id: 4, frame: Bytes::from_static(b"{}") };
         assert_eq!(Envelope::decode(j.encode()), Some(j));
         assert_eq!(Envelope::decode(Bytes::from_static(b"M 1 2\n{}")), None);
         assert_eq!(Envelope::decode(Bytes::from_static(b"no newline")), None);

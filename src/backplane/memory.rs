@@ -52,12 +52,7 @@ impl Backplane for MemoryBackplane {
         };
         for tx in targets {
             // A node that shut down has dropped its receiver; that is not our failure.
-            let _ = tx
-                .send(Event::Payload {
-                    channel,
-                    payload: payload.clone(),
-                })
-                .await;
+            let _ = tx.send(Event::Payload { channel, payload: payload.clone() }).await;
         }
         Ok(())
     }

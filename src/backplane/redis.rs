@@ -38,11 +38,7 @@ pub struct RedisBackplane {
 impl RedisBackplane {
     /// Validates the URL and starts the subscriber task. Does not wait for Redis: a node can
     /// start while Redis is down and catches up (Resynced) when it returns.
-    pub fn connect(
-        url: &str,
-        events: mpsc::Sender<Event>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, BackplaneError> {
+    pub fn connect(url: &str, events: mpsc::Sender<Event>, metrics: Arc<Metrics>) -> Result<Self, BackplaneError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
@@ -52,20 +48,8 @@ impl RedisBackplane {
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let (commands, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        tokio::spawn(
-            Subscriber {
-                client,
-                events,
-                metrics,
-                wanted: HashSet::new(),
-            }
-            .run(rx, stop.clone()),
-        );
-        Ok(Self {
-            publisher,
-            commands,
-            stop,
-        })
+        tokio::spawn(Subscriber { client, events, metrics, wanted: HashSet::new() }.run(rx, stop.clone()));
+        Ok(Self { publisher, commands, stop })
     }
 }
 
@@ -79,10 +63,7 @@ impl Drop for RedisBackplane {
 impl Backplane for RedisBackplane {
     async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError> {
         let mut conn = self.publisher.clone();
-        let cmd = redis::cmd("PUBLISH")
-            .arg(channel.to_string())
-            .arg(payload.as_ref())
-            .to_owned();
+        let cmd = redis::cmd("PUBLISH").arg(channel.to_string()).arg(payload.as_ref()).to_owned();
         match tokio::time::timeout(IO_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
             Ok(res) => res.map(|_| ()).map_err(Into::into),
             Err(_) => Err(BackplaneError::Timeout),
@@ -106,12 +87,7 @@ impl Backplane for RedisBackplane {
 
     async fn ping(&self) -> Result<(), BackplaneError> {
         let mut conn = self.publisher.clone();
-        match tokio::time::timeout(
-            IO_TIMEOUT,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        {
+        match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
             Ok(res) => res.map(|_| ()).map_err(Into::into),
             Err(_) => Err(BackplaneError::Timeout),
         }
@@ -127,11 +103,7 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        stop: CancellationToken,
-    ) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
         loop {
@@ -146,10 +118,7 @@ impl Subscriber {
                     if let Ok(Err(e)) = failed {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis pub/sub connect failed");
                     }
-                    self.metrics
-                        .backend_up
-                        .with_label_values(&["backplane"])
-                        .set(0);
+                    self.metrics.backend_up.with_label_values(&["backplane"]).set(0);
                     let deadline = tokio::time::sleep(jitter(backoff));
                     tokio::pin!(deadline);
                     loop {
@@ -171,19 +140,11 @@ impl Subscriber {
                 continue;
             }
             backoff = Duration::from_millis(100);
-            self.metrics
-                .backend_up
-                .with_label_values(&["backplane"])
-                .set(1);
-            self.metrics
-                .backplane_subscriptions
-                .set(self.wanted.len() as i64);
+            self.metrics.backend_up.with_label_values(&["backplane"]).set(1);
+            self.metrics.backplane_subscriptions.set(self.wanted.len() as i64);
             if connected_before {
                 self.metrics.backplane_reconnects.inc();
-                tracing::info!(
-                    channels = all.len(),
-                    "redis pub/sub reconnected and resubscribed"
-                );
+                tracing::info!(channels = all.len(), "redis pub/sub reconnected and resubscribed");
                 if self.events.send(Event::Resynced).await.is_err() {
                     return;
                 }
@@ -223,10 +184,7 @@ impl Subscriber {
                 }
             }
             tracing::warn!("redis pub/sub connection lost; reconnecting");
-            self.metrics
-                .backend_up
-                .with_label_values(&["backplane"])
-                .set(0);
+            self.metrics.backend_up.with_label_values(&["backplane"]).set(0);
         }
     }
 
@@ -278,21 +236,14 @@ impl Subscriber {
         if !failed {
             failed = self.flush(sink, &mut subs, &mut unsubs).await.is_err();
         }
-        self.metrics
-            .backplane_subscriptions
-            .set(self.wanted.len() as i64);
+        self.metrics.backplane_subscriptions.set(self.wanted.len() as i64);
         for done in barriers {
             let _ = done.send(());
         }
         if failed { Err(()) } else { Ok(()) }
     }
 
-    async fn flush(
-        &self,
-        sink: &mut PubSubSink,
-        subs: &mut Vec<String>,
-        unsubs: &mut Vec<String>,
-    ) -> Result<(), ()> {
+    async fn flush(&self, sink: &mut PubSubSink, subs: &mut Vec<String>, unsubs: &mut Vec<String>) -> Result<(), ()> {
         if !unsubs.is_empty() {
             let names = std::mem::take(unsubs);
             timed(sink.unsubscribe(&names)).await?;

@@ -20,17 +20,11 @@ pub struct Fields {
 impl Fields {
     /// Reads the body (at most `limit` bytes) and decodes it by content type.
     pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Fields, ApiError> {
-        let content_type = req
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let content_type =
+            req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
@@ -38,10 +32,7 @@ impl Fields {
                 ));
             }
             Err(_) => {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    "The request body could not be read.",
-                ));
+                return Err(ApiError::bad_request("invalid_body", "The request body could not be read."));
             }
         };
         Self::parse(content_type.as_deref(), &body)
@@ -49,34 +40,19 @@ impl Fields {
 
     /// Decodes a body; pure, so it can be fuzzed.
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Fields, ApiError> {
-        let kind = content_type
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let kind = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if kind == "application/json" || (kind.is_empty() && looks_json) {
-            let value: Value = serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."))
-            })?;
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}.")))?;
             let Value::Object(map) = value else {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    "The JSON body must be an object.",
-                ));
+                return Err(ApiError::bad_request("invalid_json", "The JSON body must be an object."));
             };
-            return Ok(Fields {
-                items: map.into_iter().collect(),
-            });
+            return Ok(Fields { items: map.into_iter().collect() });
         }
         if kind.is_empty() || kind == "application/x-www-form-urlencoded" {
             let Ok(text) = std::str::from_utf8(body) else {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    "The form body is not valid UTF-8.",
-                ));
+                return Err(ApiError::bad_request("invalid_body", "The form body is not valid UTF-8."));
             };
             return Ok(Self::from_query(text));
         }
@@ -96,10 +72,7 @@ impl Fields {
     }
 
     fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-        self.items
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v)
+        self.items.iter().filter(move |(k, _)| k == name).map(|(_, v)| v)
     }
 
     /// The single value of a field; a repeated field must repeat the same value.
@@ -109,10 +82,7 @@ impl Fields {
         if let Some(first) = first
             && values.any(|v| v != first)
         {
-            return Err(ApiError::bad_request(
-                "duplicate_field",
-                format!("`{name}` is given more than once."),
-            ));
+            return Err(ApiError::bad_request("duplicate_field", format!("`{name}` is given more than once.")));
         }
         Ok(first.filter(|v| !v.is_null()))
     }
@@ -123,10 +93,7 @@ impl Fields {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(ApiError::bad_request(
-                "invalid_field",
-                format!("`{name}` must be a string."),
-            )),
+            Some(_) => Err(ApiError::bad_request("invalid_field", format!("`{name}` must be a string."))),
         }
     }
 
@@ -141,8 +108,7 @@ impl Fields {
 
     /// A required positive id.
     pub fn require_id(&self, name: &str) -> Result<i64, ApiError> {
-        self.id(name)?
-            .ok_or_else(|| ApiError::bad_request("missing_field", format!("`{name}` is required.")))
+        self.id(name)?.ok_or_else(|| ApiError::bad_request("missing_field", format!("`{name}` is required.")))
     }
 
     /// A list of ids: a JSON array, comma-separated text, or the field repeated.
@@ -157,10 +123,7 @@ impl Fields {
                 }
                 Value::String(s) => {
                     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                        out.push(
-                            parse_id(&Value::String(part.to_owned()))
-                                .ok_or_else(|| invalid_id(name))?,
-                        );
+                        out.push(parse_id(&Value::String(part.to_owned())).ok_or_else(|| invalid_id(name))?);
                     }
                 }
                 Value::Null => {}
@@ -172,10 +135,7 @@ impl Fields {
 }
 
 fn invalid_id(name: &str) -> ApiError {
-    ApiError::bad_request(
-        "invalid_id",
-        format!("`{name}` must be a positive integer id."),
-    )
+    ApiError::bad_request("invalid_id", format!("`{name}` must be a positive integer id."))
 }
 
 /// A positive 64-bit id from a JSON number or a decimal string.
@@ -200,22 +160,13 @@ mod tests {
 
     #[test]
     fn form_and_json_give_the_same_fields() {
-        let form = Fields::parse(
-            Some("application/x-www-form-urlencoded"),
-            b"sender_id=3&content=hi+there&x=1",
-        )
-        .expect("form");
-        let json = Fields::parse(
-            Some("application/json"),
-            br#"{"sender_id":3,"content":"hi there","x":[1]}"#,
-        )
-        .expect("json");
+        let form = Fields::parse(Some("application/x-www-form-urlencoded"), b"sender_id=3&content=hi+there&x=1")
+            .expect("form");
+        let json =
+            Fields::parse(Some("application/json"), br#"{"sender_id":3,"content":"hi there","x":[1]}"#).expect("json");
         for f in [&form, &json] {
             assert_eq!(f.require_id("sender_id").expect("id"), 3);
-            assert_eq!(
-                f.text("content").expect("text").as_deref(),
-                Some("hi there")
-            );
+            assert_eq!(f.text("content").expect("text").as_deref(), Some("hi there"));
         }
     }
 
@@ -227,12 +178,7 @@ mod tests {
         assert_eq!(b.ids("user_ids").expect("ids"), vec![2, 3]);
         let c = Fields::parse(None, br#"{"user_ids":"5"}"#).expect("json");
         assert_eq!(c.ids("user_ids").expect("ids"), vec![5]);
-        assert!(
-            Fields::parse(None, b"user_ids=1,x")
-                .expect("form")
-                .ids("user_ids")
-                .is_err()
-        );
+        assert!(Fields::parse(None, b"user_ids=1,x").expect("form").ids("user_ids").is_err());
     }
 
     #[test]
@@ -242,38 +188,13 @@ mod tests {
             let e = f.id("id").expect_err(bad);
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
+        assert_eq!(Fields::parse(Some("application/json"), b"{nope").expect_err("bad json").code, "invalid_json");
+        assert_eq!(Fields::parse(Some("application/json"), b"[1]").expect_err("not an object").code, "invalid_json");
         assert_eq!(
-            Fields::parse(Some("application/json"), b"{nope")
-                .expect_err("bad json")
-                .code,
-            "invalid_json"
-        );
-        assert_eq!(
-            Fields::parse(Some("application/json"), b"[1]")
-                .expect_err("not an object")
-                .code,
-            "invalid_json"
-        );
-        assert_eq!(
-            Fields::parse(Some("text/plain"), b"x")
-                .expect_err("media")
-                .status,
+            Fields::parse(Some("text/plain"), b"x").expect_err("media").status,
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
-        assert_eq!(
-            Fields::parse(None, b"a=1&a=2")
-                .expect("form")
-                .id("a")
-                .expect_err("dup")
-                .code,
-            "duplicate_field"
-        );
-        assert_eq!(
-            Fields::parse(None, b"a=1&a=1")
-                .expect("form")
-                .id("a")
-                .expect("same twice"),
-            Some(1)
-        );
+        assert_eq!(Fields::parse(None, b"a=1&a=2").expect("form").id("a").expect_err("dup").code, "duplicate_field");
+        assert_eq!(Fields::parse(None, b"a=1&a=1").expect("form").id("a").expect("same twice"), Some(1));
     }
 }

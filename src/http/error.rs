@@ -22,12 +22,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            retry_after: None,
-        }
+        Self { status, code, detail: detail.into(), retry_after: None }
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -60,24 +55,17 @@ impl ApiError {
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     res
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UsernameTaken => Self::new(
-                StatusCode::CONFLICT,
-                "username_taken",
-                "That username is already taken.",
-            ),
-            StoreError::UnknownUsers(ids) => {
-                Self::not_found("user_not_found", format!("No user with id {ids:?}."))
+            StoreError::UsernameTaken => {
+                Self::new(StatusCode::CONFLICT, "username_taken", "That username is already taken.")
             }
+            StoreError::UnknownUsers(ids) => Self::not_found("user_not_found", format!("No user with id {ids:?}.")),
             StoreError::ClientMsgIdReused => Self::new(
                 StatusCode::CONFLICT,
                 "client_msg_id_reused",
@@ -85,10 +73,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(_) | StoreError::Migration(_) => {
                 tracing::warn!(error = %e, "store unavailable");
-                Self::unavailable(
-                    "store_unavailable",
-                    "The message store is unavailable; retry shortly.",
-                )
+                Self::unavailable("store_unavailable", "The message store is unavailable; retry shortly.")
             }
         }
     }
@@ -97,9 +82,6 @@ impl From<StoreError> for ApiError {
 impl From<InboxError> for ApiError {
     fn from(e: InboxError) -> Self {
         tracing::warn!(error = %e, "inbox unavailable");
-        Self::unavailable(
-            "inbox_unavailable",
-            "The offline inbox is unavailable; retry shortly.",
-        )
+        Self::unavailable("inbox_unavailable", "The offline inbox is unavailable; retry shortly.")
     }
 }

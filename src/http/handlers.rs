@@ -23,12 +23,7 @@ const MAX_CLIENT_MSG_ID: usize = 64;
 const MAX_HISTORY: u32 = 500;
 
 /// A trimmed name of 1..=max characters without control characters.
-fn clean_name(
-    value: Option<String>,
-    field: &str,
-    code: &'static str,
-    max: usize,
-) -> Result<String, ApiError> {
+fn clean_name(value: Option<String>, field: &str, code: &'static str, max: usize) -> Result<String, ApiError> {
     let value = value.unwrap_or_default();
     let name = value.trim();
     let len = name.chars().count();
@@ -42,12 +37,7 @@ fn clean_name(
 }
 
 pub async fn register(state: &AppState, f: Fields) -> Reply {
-    let username = clean_name(
-        f.text("username")?,
-        "username",
-        "invalid_username",
-        MAX_USERNAME,
-    )?;
+    let username = clean_name(f.text("username")?, "username", "invalid_username", MAX_USERNAME)?;
     let user = state.store.create_user(&username).await?;
     tracing::info!(user_id = user.user_id, username = %user.username, node = %state.node, "user registered");
     Ok(json!({ "user_id": user.user_id, "username": user.username }))
@@ -56,9 +46,7 @@ pub async fn register(state: &AppState, f: Fields) -> Reply {
 pub async fn create_group(state: &AppState, f: Fields) -> Reply {
     let created_by = f.require_id("created_by")?;
     let name = match f.text("name")?.or(f.text("groupName")?) {
-        Some(n) if !n.trim().is_empty() => {
-            clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?
-        }
+        Some(n) if !n.trim().is_empty() => clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?,
         _ => "Conversation".to_owned(),
     };
     let mut members = f.ids("user_ids")?;
@@ -72,23 +60,13 @@ pub async fn create_group(state: &AppState, f: Fields) -> Reply {
         ));
     }
     if members.len() > state.config.max_group_members {
-        state
-            .metrics
-            .limit_rejections
-            .with_label_values(&["group_members"])
-            .inc();
+        state.metrics.limit_rejections.with_label_values(&["group_members"]).inc();
         return Err(ApiError::bad_request(
             "too_many_members",
-            format!(
-                "A group has at most {} members.",
-                state.config.max_group_members
-            ),
+            format!("A group has at most {} members.", state.config.max_group_members),
         ));
     }
-    let (group, created) = state
-        .store
-        .create_group(&name, created_by, &members)
-        .await?;
+    let (group, created) = state.store.create_group(&name, created_by, &members).await?;
     if created {
         tracing::info!(group_id = group.group_id, created_by, members = ?group.members, node = %state.node, "group created");
         announce_group(state, &group).await;
@@ -103,18 +81,9 @@ pub async fn create_group(state: &AppState, f: Fields) -> Reply {
 /// it picks the group up at the next connect or backplane resync.
 async fn announce_group(state: &AppState, group: &Group) {
     let frame = protocol::group_joined(group);
-    let payload = Envelope::Joined {
-        group_id: group.group_id,
-        frame,
-    }
-    .encode();
+    let payload = Envelope::Joined { group_id: group.group_id, frame }.encode();
     for &member in &group.members {
-        if let Err(e) = state
-            .hub
-            .backplane()
-            .publish(Channel::User(member), payload.clone())
-            .await
-        {
+        if let Err(e) = state.hub.backplane().publish(Channel::User(member), payload.clone()).await {
             tracing::warn!(error = %e, group_id = group.group_id, "could not announce group");
         }
     }
@@ -124,24 +93,14 @@ pub async fn send_message(state: &AppState, f: Fields) -> Reply {
     let sender_id = f.require_id("sender_id")?;
     let content = f.text("content")?.unwrap_or_default();
     if content.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_content",
-            "`content` must not be empty.",
-        ));
+        return Err(ApiError::bad_request("empty_content", "`content` must not be empty."));
     }
     if content.len() > state.config.max_message_bytes {
-        state
-            .metrics
-            .limit_rejections
-            .with_label_values(&["message_size"])
-            .inc();
+        state.metrics.limit_rejections.with_label_values(&["message_size"]).inc();
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
-            format!(
-                "`content` is larger than {} bytes.",
-                state.config.max_message_bytes
-            ),
+            format!("`content` is larger than {} bytes.", state.config.max_message_bytes),
         ));
     }
     let client_msg_id = f.text("client_msg_id")?.filter(|s| !s.is_empty());
@@ -150,68 +109,42 @@ pub async fn send_message(state: &AppState, f: Fields) -> Reply {
     {
         return Err(ApiError::bad_request(
             "invalid_client_msg_id",
-            format!(
-                "`client_msg_id` must be at most {MAX_CLIENT_MSG_ID} bytes without control characters."
-            ),
+            format!("`client_msg_id` must be at most {MAX_CLIENT_MSG_ID} bytes without control characters."),
         ));
     }
     let (group_id, members) = match (f.id("group_id")?, f.id("receiver_id")?) {
         (Some(g), None) => {
-            let members = state.store.group_members(g).await?.ok_or_else(|| {
-                ApiError::not_found("group_not_found", format!("No group with id {g}."))
-            })?;
+            let members = state
+                .store
+                .group_members(g)
+                .await?
+                .ok_or_else(|| ApiError::not_found("group_not_found", format!("No group with id {g}.")))?;
             (g, members)
         }
         (None, Some(receiver)) => {
             if receiver == sender_id {
-                return Err(ApiError::bad_request(
-                    "invalid_receiver",
-                    "`receiver_id` must be another user.",
-                ));
+                return Err(ApiError::bad_request("invalid_receiver", "`receiver_id` must be another user."));
             }
-            let (group, created) = state
-                .store
-                .create_group("Conversation", sender_id, &[receiver])
-                .await?;
+            let (group, created) = state.store.create_group("Conversation", sender_id, &[receiver]).await?;
             if created {
                 announce_group(state, &group).await;
             }
             (group.group_id, group.members)
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_target",
-                "Give exactly one of `group_id` and `receiver_id`.",
-            ));
+            return Err(ApiError::bad_request("invalid_target", "Give exactly one of `group_id` and `receiver_id`."));
         }
     };
     if !members.contains(&sender_id) {
         if state.store.user(sender_id).await?.is_none() {
-            return Err(ApiError::not_found(
-                "user_not_found",
-                format!("No user with id {sender_id}."),
-            ));
+            return Err(ApiError::not_found("user_not_found", format!("No user with id {sender_id}.")));
         }
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_a_member",
-            "The sender is not a member of this group.",
-        ));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", "The sender is not a member of this group."));
     }
 
-    let new = NewMessage {
-        group_id,
-        sender_id,
-        content,
-        client_msg_id,
-        sent_at_ms: now_ms(),
-    };
+    let new = NewMessage { group_id, sender_id, content, client_msg_id, sent_at_ms: now_ms() };
     let (message, created) = state.store.insert_message(new).await?;
-    let recipients: Vec<UserId> = members
-        .iter()
-        .copied()
-        .filter(|m| *m != sender_id)
-        .collect();
+    let recipients: Vec<UserId> = members.iter().copied().filter(|m| *m != sender_id).collect();
     if let Err(e) = state.inbox.append(&message, &recipients).await {
         if created {
             // Undo so that no half-sent message stays visible; a retry with the same
@@ -247,12 +180,7 @@ async fn publish(state: &AppState, group_id: GroupId, message: &crate::model::Me
     }
     .encode();
     for attempt in 0..2 {
-        match state
-            .hub
-            .backplane()
-            .publish(Channel::Group(group_id), payload.clone())
-            .await
-        {
+        match state.hub.backplane().publish(Channel::Group(group_id), payload.clone()).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, message_id = message.message_id, "publish failed")
@@ -263,15 +191,10 @@ async fn publish(state: &AppState, group_id: GroupId, message: &crate::model::Me
 
 pub async fn user_groups(state: &AppState, user: UserId) -> Reply {
     if state.store.user(user).await?.is_none() {
-        return Err(ApiError::not_found(
-            "user_not_found",
-            format!("No user with id {user}."),
-        ));
+        return Err(ApiError::not_found("user_not_found", format!("No user with id {user}.")));
     }
     let groups = state.store.user_groups(user).await?;
-    Ok(serde_json::Value::Array(
-        groups.iter().map(Group::to_json).collect(),
-    ))
+    Ok(serde_json::Value::Array(groups.iter().map(Group::to_json).collect()))
 }
 
 pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) -> Reply {
@@ -279,27 +202,15 @@ pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) ->
         Ok(None) => 100,
         Ok(Some(n)) if n <= i64::from(MAX_HISTORY) => n as u32,
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_limit",
-                format!("`limit` must be 1 to {MAX_HISTORY}."),
-            ));
+            return Err(ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_HISTORY}.")));
         }
     };
-    let page = Page {
-        after: query.id("after")?,
-        before: query.id("before")?,
-        limit,
-    };
+    let page = Page { after: query.id("after")?, before: query.id("before")?, limit };
     if state.store.group_members(group).await?.is_none() {
-        return Err(ApiError::not_found(
-            "group_not_found",
-            format!("No group with id {group}."),
-        ));
+        return Err(ApiError::not_found("group_not_found", format!("No group with id {group}.")));
     }
     let messages = state.store.messages(group, page).await?;
-    Ok(serde_json::Value::Array(
-        messages.iter().map(|m| m.to_json()).collect(),
-    ))
+    Ok(serde_json::Value::Array(messages.iter().map(|m| m.to_json()).collect()))
 }
 
 /// Readiness: Ready and every backend answers. Also refreshes `backend_up`.
@@ -316,11 +227,7 @@ pub async fn readiness(state: &Arc<AppState>) -> (StatusCode, serde_json::Value)
         ("backplane", matches!(backplane, Ok(Ok(())))),
     ];
     for (name, ok) in up {
-        state
-            .metrics
-            .backend_up
-            .with_label_values(&[name])
-            .set(i64::from(ok));
+        state.metrics.backend_up.with_label_values(&[name]).set(i64::from(ok));
     }
     let phase = state.lifecycle.phase();
     let ready = phase == crate::lifecycle::Phase::Ready && up.iter().all(|(_, ok)| *ok);
@@ -330,14 +237,7 @@ pub async fn readiness(state: &Arc<AppState>) -> (StatusCode, serde_json::Value)
         "node": state.node,
         "backends": up.iter().map(|(n, ok)| (n.to_string(), json!(if *ok { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
     });
-    (
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    )
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
 pub fn not_found_route() -> ApiError {

@@ -29,12 +29,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish once the listener stops.
 const GRACE: Duration = Duration::from_secs(30);
 
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    kind: Listener,
-    stop: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, stop: CancellationToken) {
     // hyper-util's GracefulShutdown does not take upgradeable connections, so connections
     // are tracked here and told to finish their in-flight request when `stop` fires.
     let connections = TaskTracker::new();
@@ -79,10 +74,7 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(GRACE, connections.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(GRACE, connections.wait()).await.is_err() {
         tracing::warn!(?kind, "in-flight requests did not finish in time");
     }
 }

@@ -23,43 +23,23 @@ pub enum Listener {
     Admin,
 }
 
-pub async fn route(
-    state: Arc<AppState>,
-    listener: Listener,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (template, result) = match (listener, &method, segments.as_slice()) {
         (Listener::Public, &Method::GET, [""]) => ("/", Ok(html(handlers::page()))),
-        (Listener::Public, &Method::POST, ["register"]) => (
-            "/register",
-            async {
-                handlers::register(&state, form(&state, req).await?)
-                    .await
-                    .map(ok_json)
-            }
-            .await,
-        ),
+        (Listener::Public, &Method::POST, ["register"]) => {
+            ("/register", async { handlers::register(&state, form(&state, req).await?).await.map(ok_json) }.await)
+        }
         (Listener::Public, &Method::POST, ["create_group"]) => (
             "/create_group",
-            async {
-                handlers::create_group(&state, form(&state, req).await?)
-                    .await
-                    .map(ok_json)
-            }
-            .await,
+            async { handlers::create_group(&state, form(&state, req).await?).await.map(ok_json) }.await,
         ),
         (Listener::Public, &Method::POST, ["send_message"]) => (
             "/send_message",
-            async {
-                handlers::send_message(&state, form(&state, req).await?)
-                    .await
-                    .map(ok_json)
-            }
-            .await,
+            async { handlers::send_message(&state, form(&state, req).await?).await.map(ok_json) }.await,
         ),
         (Listener::Public, &Method::GET, ["users", id, "groups"]) => {
             let r = match path_id(id, "user") {
@@ -71,9 +51,7 @@ pub async fn route(
         (Listener::Public, &Method::GET, ["groups", id, "messages"]) => {
             let query = Fields::from_query(req.uri().query().unwrap_or(""));
             let r = match path_id(id, "group") {
-                Ok(group) => handlers::group_messages(&state, group, &query)
-                    .await
-                    .map(ok_json),
+                Ok(group) => handlers::group_messages(&state, group, &query).await.map(ok_json),
                 Err(e) => Err(e),
             };
             ("/groups/{id}/messages", r)
@@ -84,21 +62,11 @@ pub async fn route(
         }
         (Listener::Admin, &Method::POST, ["admin", "drain"]) => {
             state.lifecycle.drain();
-            (
-                "/admin/drain",
-                Ok(json_response(
-                    StatusCode::ACCEPTED,
-                    &serde_json::json!({ "phase": "draining" }),
-                )),
-            )
+            ("/admin/drain", Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "phase": "draining" }))))
         }
-        (_, &Method::GET, ["healthz"]) => (
-            "/healthz",
-            Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "status": "ok", "node": state.node }),
-            )),
-        ),
+        (_, &Method::GET, ["healthz"]) => {
+            ("/healthz", Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "ok", "node": state.node }))))
+        }
         (_, &Method::GET, ["readyz"]) => {
             let (status, body) = handlers::readiness(&state).await;
             ("/readyz", Ok(json_response(status, &body)))
@@ -120,18 +88,11 @@ pub async fn route(
     let mut res = result.unwrap_or_else(ApiError::into_response);
     if state.lifecycle.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Keep-alive off while draining, so clients move to other nodes.
-        res.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
+        res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     }
     let m = &state.metrics;
-    m.http_requests
-        .with_label_values(&[template, res.status().as_str()])
-        .inc();
-    m.http_duration
-        .with_label_values(&[template])
-        .observe(started.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[template, res.status().as_str()]).inc();
+    m.http_duration.with_label_values(&[template]).observe(started.elapsed().as_secs_f64());
     res
 }
 
@@ -140,12 +101,8 @@ async fn form(state: &AppState, req: Request<Incoming>) -> Result<Fields, ApiErr
 }
 
 fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    super::body::parse_id(&serde_json::Value::String(raw.to_owned())).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_id",
-            format!("The {what} id must be a positive integer."),
-        )
-    })
+    super::body::parse_id(&serde_json::Value::String(raw.to_owned()))
+        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("The {what} id must be a positive integer.")))
 }
 
 fn ok_json(v: serde_json::Value) -> Response<Body> {
@@ -154,18 +111,12 @@ fn ok_json(v: serde_json::Value) -> Response<Body> {
 
 fn html(page: Bytes) -> Response<Body> {
     let mut res = Response::new(Full::new(page));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
     res
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(state.metrics.render())));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     res
 }

@@ -37,35 +37,23 @@ fn key(user: UserId, message: MessageId) -> String {
 
 impl MongoInbox {
     /// Connects and ensures the indexes. The database is the URL's, else `switchboard`.
-    pub async fn connect(
-        url: &str,
-        limits: Limits,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, InboxError> {
+    pub async fn connect(url: &str, limits: Limits, metrics: Arc<Metrics>) -> Result<Self, InboxError> {
         let mut options = ClientOptions::parse(url).await?;
         // Fail fast while MongoDB is away, so a send answers 503 instead of hanging.
         options.server_selection_timeout = Some(Duration::from_secs(2));
         options.connect_timeout = Some(Duration::from_secs(2));
         options.app_name = Some("switchboard".into());
         let client = mongodb::Client::with_options(options)?;
-        let db = client
-            .default_database()
-            .unwrap_or_else(|| client.database("switchboard"));
+        let db = client.default_database().unwrap_or_else(|| client.database("switchboard"));
         let coll = db.collection::<Document>("inbox");
-        let inbox = Self {
-            coll,
-            limits,
-            metrics,
-        };
+        let inbox = Self { coll, limits, metrics };
         inbox.ensure_indexes().await?;
         Ok(inbox)
     }
 
     async fn ensure_indexes(&self) -> Result<(), InboxError> {
         let indexes = [
-            IndexModel::builder()
-                .keys(doc! { "user_id": 1, "message_id": 1 })
-                .build(),
+            IndexModel::builder().keys(doc! { "user_id": 1, "message_id": 1 }).build(),
             IndexModel::builder().keys(doc! { "message_id": 1 }).build(),
             IndexModel::builder()
                 .keys(doc! { "expires_at": 1 })
@@ -116,10 +104,7 @@ impl Inbox for MongoInbox {
             Err(e) => match e.kind.as_ref() {
                 ErrorKind::InsertMany(failure)
                     if failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .as_ref()
-                            .is_some_and(|w| w.iter().all(|x| x.code == DUPLICATE_KEY)) =>
+                        && failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|x| x.code == DUPLICATE_KEY)) =>
                 {
                     Ok(())
                 }
@@ -130,16 +115,9 @@ impl Inbox for MongoInbox {
 
     async fn pending(&self, user: UserId, limit: u32) -> Result<Vec<Message>, InboxError> {
         let _t = self.metrics.time_query("inbox_pending");
-        let filter =
-            doc! { "user_id": user, "expires_at": { "$gt": DateTime::from_millis(now_ms()) } };
-        let docs: Vec<Document> = self
-            .coll
-            .find(filter)
-            .sort(doc! { "message_id": 1 })
-            .limit(i64::from(limit))
-            .await?
-            .try_collect()
-            .await?;
+        let filter = doc! { "user_id": user, "expires_at": { "$gt": DateTime::from_millis(now_ms()) } };
+        let docs: Vec<Document> =
+            self.coll.find(filter).sort(doc! { "message_id": 1 }).limit(i64::from(limit)).await?.try_collect().await?;
         let mut out: Vec<Message> = docs.iter().filter_map(message_from_doc).collect();
         out.sort_unstable_by_key(|m| m.message_id);
         Ok(out)
@@ -148,32 +126,21 @@ impl Inbox for MongoInbox {
     async fn remove(&self, delivered: &[(UserId, MessageId)]) -> Result<(), InboxError> {
         let _t = self.metrics.time_query("inbox_remove");
         for chunk in delivered.chunks(CHUNK) {
-            let ids: Vec<Bson> = chunk
-                .iter()
-                .map(|(u, m)| Bson::String(key(*u, *m)))
-                .collect();
-            self.coll
-                .delete_many(doc! { "_id": { "$in": ids } })
-                .await?;
+            let ids: Vec<Bson> = chunk.iter().map(|(u, m)| Bson::String(key(*u, *m))).collect();
+            self.coll.delete_many(doc! { "_id": { "$in": ids } }).await?;
         }
         Ok(())
     }
 
     async fn remove_message(&self, message: MessageId) -> Result<(), InboxError> {
-        self.coll
-            .delete_many(doc! { "message_id": message })
-            .await?;
+        self.coll.delete_many(doc! { "message_id": message }).await?;
         Ok(())
     }
 
     async fn sweep(&self) -> Result<u64, InboxError> {
         let _t = self.metrics.time_query("inbox_sweep");
         let now = DateTime::from_millis(now_ms());
-        let mut removed = self
-            .coll
-            .delete_many(doc! { "expires_at": { "$lte": now } })
-            .await?
-            .deleted_count;
+        let mut removed = self.coll.delete_many(doc! { "expires_at": { "$lte": now } }).await?.deleted_count;
         let max = i64::from(self.limits.max_per_user);
         let over: Vec<Document> = self
             .coll

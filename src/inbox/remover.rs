@@ -30,11 +30,7 @@ impl Remover {
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(inbox, rx, stop.clone()));
-        Self {
-            tx,
-            stop,
-            task: Arc::new(Mutex::new(Some(task))),
-        }
+        Self { tx, stop, task: Arc::new(Mutex::new(Some(task))) }
     }
 
     /// Queues the removal of a delivered entry.
@@ -53,11 +49,7 @@ impl Remover {
     }
 }
 
-async fn run(
-    inbox: Arc<dyn Inbox>,
-    mut rx: mpsc::UnboundedReceiver<(UserId, MessageId)>,
-    stop: CancellationToken,
-) {
+async fn run(inbox: Arc<dyn Inbox>, mut rx: mpsc::UnboundedReceiver<(UserId, MessageId)>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -21,11 +21,7 @@ pub struct SqlInbox {
 
 impl SqlInbox {
     pub fn new(db: Database, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        Self {
-            db,
-            limits,
-            metrics,
-        }
+        Self { db, limits, metrics }
     }
 }
 
@@ -99,10 +95,7 @@ impl Inbox for SqlInbox {
     }
 
     async fn remove_message(&self, message: MessageId) -> Result<(), InboxError> {
-        sqlx::query("DELETE FROM inbox WHERE message_id = ?")
-            .bind(message)
-            .execute(&self.db.pool)
-            .await?;
+        sqlx::query("DELETE FROM inbox WHERE message_id = ?").bind(message).execute(&self.db.pool).await?;
         Ok(())
     }
 
@@ -122,14 +115,13 @@ impl Inbox for SqlInbox {
             let user: UserId = row.try_get(0)?;
             // The oldest id to keep; everything older goes. Two statements because MySQL
             // cannot read the table it deletes from in a subquery.
-            let keep_from: MessageId = sqlx::query(
-                "SELECT message_id FROM inbox WHERE user_id = ? ORDER BY message_id DESC LIMIT 1 OFFSET ?",
-            )
-            .bind(user)
-            .bind(i64::from(self.limits.max_per_user) - 1)
-            .fetch_one(pool)
-            .await?
-            .try_get(0)?;
+            let keep_from: MessageId =
+                sqlx::query("SELECT message_id FROM inbox WHERE user_id = ? ORDER BY message_id DESC LIMIT 1 OFFSET ?")
+                    .bind(user)
+                    .bind(i64::from(self.limits.max_per_user) - 1)
+                    .fetch_one(pool)
+                    .await?
+                    .try_get(0)?;
             removed += sqlx::query("DELETE FROM inbox WHERE user_id = ? AND message_id < ?")
                 .bind(user)
                 .bind(keep_from)
@@ -141,10 +133,7 @@ impl Inbox for SqlInbox {
     }
 
     async fn pending_total(&self) -> Result<u64, InboxError> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM inbox")
-            .fetch_one(&self.db.pool)
-            .await?
-            .try_get(0)?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM inbox").fetch_one(&self.db.pool).await?.try_get(0)?;
         Ok(n.max(0) as u64)
     }
 

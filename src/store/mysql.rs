@@ -27,6 +27,12 @@ pub(super) async fn connect(url: &str) -> Result<AnyPool, StoreError> {
         .acquire_timeout(Duration::from_secs(3))
         .connect(url)
         .await?;
-    MIGRATOR.run(&pool).await?;
+    // Nodes starting together would race on the migrations table; a named lock on the
+    // migrating connection makes the others wait and then find the work done.
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT GET_LOCK('switchboard_migrations', 60)").execute(&mut *conn).await?;
+    let migrated = MIGRATOR.run(&mut *conn).await;
+    sqlx::query("SELECT RELEASE_LOCK('switchboard_migrations')").execute(&mut *conn).await?;
+    migrated?;
     Ok(pool)
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sqlx::AnyConnection;
 use sqlx::AnyPool;
 use sqlx::any::{AnyQueryResult, AnyRow};
-use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{NewMessage, Page, Store, StoreError};
@@ -41,15 +41,9 @@ impl Database {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
-            Ok(Database {
-                pool: super::sqlite::connect(url).await?,
-                dialect: Dialect::Sqlite,
-            })
+            Ok(Database { pool: super::sqlite::connect(url).await?, dialect: Dialect::Sqlite })
         } else {
-            Ok(Database {
-                pool: super::mysql::connect(url).await?,
-                dialect: Dialect::MySql,
-            })
+            Ok(Database { pool: super::mysql::connect(url).await?, dialect: Dialect::MySql })
         }
     }
 }
@@ -69,25 +63,13 @@ impl SqlStore {
     }
 
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
-        let sql = format!(
-            "SELECT id FROM users WHERE id IN ({})",
-            placeholders(ids.len())
-        );
+        let sql = format!("SELECT id FROM users WHERE id IN ({})", placeholders(ids.len()));
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for id in ids {
             q = q.bind(*id);
         }
-        let found: Vec<i64> = q
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|r| r.get::<i64, _>(0))
-            .collect();
-        Ok(ids
-            .iter()
-            .copied()
-            .filter(|id| !found.contains(id))
-            .collect())
+        let found: Vec<i64> = q.fetch_all(self.pool()).await?.iter().map(|r| r.get::<i64, _>(0)).collect();
+        Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
     }
 }
 
@@ -147,10 +129,7 @@ impl Store for SqlStore {
                         .await?
                         .try_get(0)?,
                 };
-                Ok(User {
-                    user_id,
-                    username: username.to_owned(),
-                })
+                Ok(User { user_id, username: username.to_owned() })
             }
             Err(e) if is_unique_violation(&e) => Err(StoreError::UsernameTaken),
             Err(e) => Err(e.into()),
@@ -159,15 +138,10 @@ impl Store for SqlStore {
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         let _t = self.metrics.time_query("get_user");
-        let row = sqlx::query("SELECT id, username FROM users WHERE id = ?")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT id, username FROM users WHERE id = ?").bind(id).fetch_optional(self.pool()).await?;
         Ok(match row {
-            Some(r) => Some(User {
-                user_id: r.try_get(0)?,
-                username: r.try_get(1)?,
-            }),
+            Some(r) => Some(User { user_id: r.try_get(0)?, username: r.try_get(1)? }),
             None => None,
         })
     }
@@ -203,10 +177,7 @@ impl Store for SqlStore {
         if done.rows_affected() == 1 {
             let group_id = match done.last_insert_id() {
                 Some(id) => id,
-                None => sqlx::query("SELECT MAX(id) FROM `groups`")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?,
+                None => sqlx::query("SELECT MAX(id) FROM `groups`").fetch_one(&mut *tx).await?.try_get(0)?,
             };
             let sql = format!(
                 "INSERT INTO group_members (group_id, user_id) VALUES {}",
@@ -218,12 +189,7 @@ impl Store for SqlStore {
             }
             q.execute(&mut *tx).await?;
             tx.commit().await?;
-            let group = Group {
-                group_id,
-                name: name.to_owned(),
-                created_by,
-                members,
-            };
+            let group = Group { group_id, name: name.to_owned(), created_by, members };
             return Ok((group, true));
         }
         // The pair already has its conversation (maybe committed a moment ago by a racing
@@ -249,30 +215,20 @@ impl Store for SqlStore {
             return Ok(None);
         };
         let members = self.group_members(id).await?.unwrap_or_default();
-        Ok(Some(Group {
-            group_id: row.try_get(0)?,
-            name: row.try_get(1)?,
-            created_by: row.try_get(2)?,
-            members,
-        }))
+        Ok(Some(Group { group_id: row.try_get(0)?, name: row.try_get(1)?, created_by: row.try_get(2)?, members }))
     }
 
     async fn group_members(&self, id: GroupId) -> Result<Option<Vec<UserId>>, StoreError> {
         let _t = self.metrics.time_query("group_members");
-        let rows =
-            sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
-                .bind(id)
-                .fetch_all(self.pool())
-                .await?;
+        let rows = sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
+            .bind(id)
+            .fetch_all(self.pool())
+            .await?;
         // Every group has at least two members, so no rows means no group.
         if rows.is_empty() {
             return Ok(None);
         }
-        Ok(Some(
-            rows.iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?,
-        ))
+        Ok(Some(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?))
     }
 
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>, StoreError> {
@@ -309,18 +265,13 @@ impl Store for SqlStore {
             .bind(user)
             .fetch_all(self.pool())
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
     async fn insert_message(&self, m: NewMessage) -> Result<(Message, bool), StoreError> {
         let _t = self.metrics.time_query("insert_message");
         let existing = || async {
-            let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?"
-            );
+            let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?");
             let row = sqlx::query(AssertSqlSafe(sql))
                 .bind(m.sender_id)
                 .bind(&m.client_msg_id)
@@ -346,10 +297,7 @@ impl Store for SqlStore {
         if self.db.dialect == Dialect::MySql {
             // Serialize writers of one group so that ids increase in commit order within it.
             // (SQLite has a single writer already.)
-            sqlx::query("SELECT id FROM `groups` WHERE id = ? FOR UPDATE")
-                .bind(m.group_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT id FROM `groups` WHERE id = ? FOR UPDATE").bind(m.group_id).execute(&mut *tx).await?;
         }
         let res = sqlx::query(
             "INSERT INTO messages (group_id, sender_id, content, sent_at_ms, client_msg_id) VALUES (?, ?, ?, ?, ?)",
@@ -389,10 +337,7 @@ impl Store for SqlStore {
 
     async fn delete_message(&self, id: MessageId) -> Result<(), StoreError> {
         let _t = self.metrics.time_query("delete_message");
-        sqlx::query("DELETE FROM messages WHERE id = ?")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        sqlx::query("DELETE FROM messages WHERE id = ?").bind(id).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -411,10 +356,7 @@ impl Store for SqlStore {
             .bind(i64::from(page.limit))
             .fetch_all(self.pool())
             .await?;
-        let mut out = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
         out.sort_unstable_by_key(|m| m.message_id);
         Ok(out)
     }

@@ -20,21 +20,13 @@ pub async fn upgrade(
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let reject = |reason: &str, e: ApiError| {
-        state
-            .metrics
-            .ws_upgrade_rejected
-            .with_label_values(&[reason])
-            .inc();
+        state.metrics.ws_upgrade_rejected.with_label_values(&[reason]).inc();
         e
     };
     if state.lifecycle.is_draining() {
         return Err(reject(
             "draining",
-            ApiError::unavailable(
-                "draining",
-                "This node is draining; reconnect to another node.",
-            )
-            .retry_after(2),
+            ApiError::unavailable("draining", "This node is draining; reconnect to another node.").retry_after(2),
         ));
     }
     let Some(user_id) = parse_id(&serde_json::Value::String(raw_id.to_owned())) else {
@@ -60,15 +52,9 @@ pub async fn upgrade(
         Err(e) => return Err(reject("backend_unavailable", e.into())),
     }
     let query = Fields::from_query(req.uri().query().unwrap_or(""));
-    let ack_mode = matches!(
-        query.text("ack").ok().flatten().as_deref(),
-        Some("1" | "true")
-    );
+    let ack_mode = matches!(query.text("ack").ok().flatten().as_deref(), Some("1" | "true"));
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req).map_err(|e| {
-        reject(
-            "bad_request",
-            ApiError::bad_request("bad_handshake", format!("Bad WebSocket handshake: {e}.")),
-        )
+        reject("bad_request", ApiError::bad_request("bad_handshake", format!("Bad WebSocket handshake: {e}.")))
     })?;
     let session_state = state.clone();
     state.sessions.spawn(async move {

@@ -71,8 +71,7 @@ pub fn parse_client_text(text: &str) -> Result<ClientFrame, ProtocolError> {
     match frame.kind.as_str() {
         "heartbeat" => Ok(ClientFrame::Heartbeat),
         "ack" => {
-            if frame.message_ids.len() > MAX_ACK_IDS || frame.message_ids.iter().any(|id| *id <= 0)
-            {
+            if frame.message_ids.len() > MAX_ACK_IDS || frame.message_ids.iter().any(|id| *id <= 0) {
                 return Err(ProtocolError::BadAck);
             }
             Ok(ClientFrame::Ack(frame.message_ids))
@@ -108,27 +107,15 @@ mod tests {
     #[test]
     fn heartbeats_in_both_spellings() {
         assert_eq!(parse_client_text("heartbeat"), Ok(ClientFrame::Heartbeat));
-        assert_eq!(
-            parse_client_text(r#"{"type":"heartbeat"}"#),
-            Ok(ClientFrame::Heartbeat)
-        );
+        assert_eq!(parse_client_text(r#"{"type":"heartbeat"}"#), Ok(ClientFrame::Heartbeat));
     }
 
     #[test]
     fn acks_and_garbage() {
-        assert_eq!(
-            parse_client_text(r#"{"type":"ack","message_ids":[3,4]}"#),
-            Ok(ClientFrame::Ack(vec![3, 4]))
-        );
-        assert_eq!(
-            parse_client_text(r#"{"type":"ack","message_ids":[-1]}"#),
-            Err(ProtocolError::BadAck)
-        );
+        assert_eq!(parse_client_text(r#"{"type":"ack","message_ids":[3,4]}"#), Ok(ClientFrame::Ack(vec![3, 4])));
+        assert_eq!(parse_client_text(r#"{"type":"ack","message_ids":[-1]}"#), Err(ProtocolError::BadAck));
         assert_eq!(parse_client_text("hello"), Err(ProtocolError::NotJson));
         assert_eq!(parse_client_text("[1,2]"), Err(ProtocolError::NotJson));
-        assert!(matches!(
-            parse_client_text(r#"{"type":"nope"}"#),
-            Err(ProtocolError::UnknownType(_))
-        ));
+        assert!(matches!(parse_client_text(r#"{"type":"nope"}"#), Err(ProtocolError::UnknownType(_))));
     }
 }

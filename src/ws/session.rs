@@ -7,16 +7,15 @@
 //! remover directly.
 //!
 //! The writer owns the write half and follows DESIGN §4 on connect: register with the hub,
-//! subscribe the user's groups and wait for confirmation, replay the inbox in id order, then
-//! go live, dropping any live message whose id it already wrote.
+//! subscribe the user's groups and wait for confirmation, say `hello`, replay the inbox in id
+//! order, then go live, dropping any live message whose id it already wrote.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
@@ -67,11 +66,7 @@ impl Recent {
 /// Runs a session on an upgraded connection until it closes.
 pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_mode: bool) {
     let (read, write) = ws.split(tokio::io::split);
-    let (handle, queue) = SessionHandle::new(
-        state.hub.next_session_id(),
-        user_id,
-        state.config.session_queue,
-    );
+    let (handle, queue) = SessionHandle::new(state.hub.next_session_id(), user_id, state.config.session_queue);
     let metrics = &state.metrics;
     metrics.ws_connects.inc();
     metrics.ws_connections.inc();
@@ -79,20 +74,9 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
 
     let acking = Arc::new(AtomicBool::new(ack_mode));
     let (control_tx, control_rx) = mpsc::channel(32);
-    let reader = tokio::spawn(read_loop(
-        read,
-        control_tx,
-        state.clone(),
-        user_id,
-        acking.clone(),
-    ));
-    let mut writer = Writer {
-        ws: write,
-        recent: Recent::default(),
-        state: state.clone(),
-        handle: handle.clone(),
-        acking,
-    };
+    let reader = tokio::spawn(read_loop(read, control_tx, state.clone(), user_id, acking.clone()));
+    let mut writer =
+        Writer { ws: write, recent: Recent::default(), state: state.clone(), handle: handle.clone(), acking };
     let reason = writer.run(queue, control_rx).await;
     // The reader may sit in read_frame; the session is over, so it is dropped mid-read and
     // never polled again.
@@ -113,11 +97,7 @@ struct Writer {
 
 impl Writer {
     /// Returns the disconnect reason label.
-    async fn run(
-        &mut self,
-        mut queue: mpsc::Receiver<Outbound>,
-        mut control: mpsc::Receiver<Control>,
-    ) -> &'static str {
+    async fn run(&mut self, mut queue: mpsc::Receiver<Outbound>, mut control: mpsc::Receiver<Control>) -> &'static str {
         match self.start().await {
             Ok(true) => {}
             Ok(false) => return self.close_requested().await,
@@ -138,7 +118,8 @@ impl Writer {
             match step {
                 Ok(None) => {}
                 Ok(Some(reason)) => return reason,
-                Err(_) => return "client_gone",
+                // A failed write: the peer is gone, or stuck after we asked it to close.
+                Err(_) => return self.handle.close_code().map_or("client_gone", close::reason),
             }
         }
     }
@@ -146,14 +127,6 @@ impl Writer {
     /// Hello, hub registration, group subscriptions, inbox replay. Ok(false) if the session
     /// was asked to close meanwhile.
     async fn start(&mut self) -> Result<bool, WebSocketError> {
-        let cfg = &self.state.config;
-        let hello = protocol::hello(
-            self.handle.id,
-            &self.state.node,
-            cfg.heartbeat_interval_ms,
-            cfg.heartbeat_timeout_ms,
-        );
-        self.send(&hello).await?;
         self.state.hub.attach(&self.handle).await;
         let groups = match self.state.store.user_group_ids(self.handle.user_id).await {
             Ok(groups) => groups,
@@ -167,6 +140,12 @@ impl Writer {
         if self.handle.is_closed() {
             return Ok(false);
         }
+        // `hello` goes out once the session is live: every message published after the
+        // client sees it reaches this socket, whatever other sessions of the user do.
+        let cfg = &self.state.config;
+        let hello =
+            protocol::hello(self.handle.id, &self.state.node, cfg.heartbeat_interval_ms, cfg.heartbeat_timeout_ms);
+        self.send(&hello).await?;
         self.replay().await?;
         Ok(!self.handle.is_closed())
     }
@@ -174,12 +153,7 @@ impl Writer {
     /// Writes pending inbox entries not yet written in this session, in id order.
     async fn replay(&mut self) -> Result<(), WebSocketError> {
         let user = self.handle.user_id;
-        let pending = match self
-            .state
-            .inbox
-            .pending(user, self.state.config.replay_limit)
-            .await
-        {
+        let pending = match self.state.inbox.pending(user, self.state.config.replay_limit).await {
             Ok(p) => p,
             Err(e) => {
                 // Without the inbox nothing can be promised; the client retries with backoff.
@@ -191,11 +165,7 @@ impl Writer {
         for m in pending {
             if self.recent.insert(m.message_id) {
                 self.send(&m.frame()).await?;
-                self.state
-                    .metrics
-                    .messages_delivered
-                    .with_label_values(&["replay"])
-                    .inc();
+                self.state.metrics.messages_delivered.with_label_values(&["replay"]).inc();
                 self.written(m.message_id, m.sender_id);
             }
         }
@@ -217,14 +187,8 @@ impl Writer {
         self.send(&d.frame).await?;
         let m = &self.state.metrics;
         m.messages_delivered.with_label_values(&["live"]).inc();
-        m.delivery_latency
-            .observe((now_us() - d.accepted_us).max(0) as f64 / 1e6);
-        tracing::debug!(
-            message_id = d.message_id,
-            group_id = d.group_id,
-            user_id = self.handle.user_id,
-            "delivered"
-        );
+        m.delivery_latency.observe((now_us() - d.accepted_us).max(0) as f64 / 1e6);
+        tracing::debug!(message_id = d.message_id, group_id = d.group_id, user_id = self.handle.user_id, "delivered");
         self.written(d.message_id, d.sender_id);
         Ok(())
     }
@@ -239,16 +203,9 @@ impl Writer {
     async fn control(&mut self, c: Control) -> Result<Option<&'static str>, WebSocketError> {
         match c {
             Control::HeartbeatAck => self.send(protocol::HEARTBEAT_ACK).await.map(|()| None),
-            Control::Pong(payload) => self
-                .ws
-                .write_frame(Frame::pong(Payload::Owned(payload)))
-                .await
-                .map(|()| None),
+            Control::Pong(payload) => self.ws.write_frame(Frame::pong(Payload::Owned(payload))).await.map(|()| None),
             Control::CloseEcho(payload) => {
-                let _ = self
-                    .ws
-                    .write_frame(Frame::close_raw(Payload::Owned(payload)))
-                    .await;
+                let _ = self.ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await;
                 Ok(Some("client_close"))
             }
             Control::Close(code) => {
@@ -279,17 +236,16 @@ impl Writer {
             _ => b"",
         };
         // Bounded, in case the peer stopped reading: a close must not hang the drain.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            self.ws.write_frame(Frame::close(code, reason)),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.write_frame(Frame::close(code, reason))).await;
     }
 
+    /// Writes a text frame, bounded by the write timeout.
     async fn send(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
-        self.ws
-            .write_frame(Frame::text(Payload::Borrowed(payload)))
-            .await
+        let limit = Duration::from_millis(self.state.config.write_timeout_ms);
+        match tokio::time::timeout(limit, self.ws.write_frame(Frame::text(Payload::Borrowed(payload)))).await {
+            Ok(res) => res,
+            Err(_) => Err(WebSocketError::IoError(std::io::ErrorKind::TimedOut.into())),
+        }
     }
 }
 
@@ -307,11 +263,8 @@ async fn read_loop(
     // Obligated sends of the frame reader: the echo of a peer's close frame.
     let mut obligated = |frame: Frame<'_>| {
         let control = control.clone();
-        let item = if frame.opcode == OpCode::Close {
-            Control::CloseEcho(frame.payload.to_vec())
-        } else {
-            Control::Gone
-        };
+        let item =
+            if frame.opcode == OpCode::Close { Control::CloseEcho(frame.payload.to_vec()) } else { Control::Gone };
         async move { control.send(item).await.map_err(|_| "session closed") }
     };
     let mut fragments: Option<Vec<u8>> = None;
@@ -322,18 +275,12 @@ async fn read_loop(
                 break Control::Close(close::HEARTBEAT_TIMEOUT);
             }
             Ok(Err(WebSocketError::FrameTooLarge)) => {
-                state
-                    .metrics
-                    .limit_rejections
-                    .with_label_values(&["ws_frame_size"])
-                    .inc();
+                state.metrics.limit_rejections.with_label_values(&["ws_frame_size"]).inc();
                 break Control::Close(close::TOO_LARGE);
             }
-            Ok(Err(
-                WebSocketError::ConnectionClosed
-                | WebSocketError::UnexpectedEOF
-                | WebSocketError::IoError(_),
-            )) => break Control::Gone,
+            Ok(Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_))) => {
+                break Control::Gone;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, user_id, "bad frame");
                 break Control::Close(close::POLICY);
@@ -343,11 +290,7 @@ async fn read_loop(
         let text = match (frame.opcode, frame.fin) {
             (OpCode::Close, _) => return, // the echo already went out through `obligated`
             (OpCode::Ping, _) => {
-                if control
-                    .send(Control::Pong(frame.payload.to_vec()))
-                    .await
-                    .is_err()
-                {
+                if control.send(Control::Pong(frame.payload.to_vec())).await.is_err() {
                     return;
                 }
                 continue;
@@ -365,11 +308,7 @@ async fn read_loop(
                 };
                 buf.extend_from_slice(&frame.payload);
                 if buf.len() > max {
-                    state
-                        .metrics
-                        .limit_rejections
-                        .with_label_values(&["ws_frame_size"])
-                        .inc();
+                    state.metrics.limit_rejections.with_label_values(&["ws_frame_size"]).inc();
                     break Control::Close(close::TOO_LARGE);
                 }
                 if !fin {

@@ -1,0 +1,225 @@
+//! REST API tests (DESIGN §2): every route with good and bad input, on the embedded node and
+//! on MySQL + Redis.
+
+mod common;
+
+use serde_json::{Value, json};
+use switchboard::app::Shared;
+use switchboard::client::Api;
+
+fn assert_error(res: (hyper::StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(res.0.as_u16(), status, "body: {}", res.1);
+    assert_eq!(res.1["code"], code, "body: {}", res.1);
+    assert!(res.1["detail"].as_str().is_some_and(|d| !d.is_empty()), "no detail: {}", res.1);
+}
+
+async fn suite(api: Api) {
+    // Register: form and JSON, duplicates, bad names.
+    let name = common::unique("alice");
+    let (status, body) = api.post_form("/register", &[("username", &name)]).await.expect("register");
+    assert_eq!(status, 200);
+    assert_eq!(body["username"], name.as_str());
+    let alice = body["user_id"].as_i64().expect("user_id");
+    let bob_name = common::unique("bob");
+    let (status, body) =
+        api.post_json("/register", &json!({ "username": bob_name, "ignored": true })).await.expect("json");
+    assert_eq!(status, 200, "{body}");
+    let bob = body["user_id"].as_i64().expect("id");
+    assert_error(api.post_form("/register", &[("username", &name)]).await.expect("dup"), 409, "username_taken");
+    assert_error(api.post_form("/register", &[("username", "")]).await.expect("empty"), 400, "invalid_username");
+    assert_error(api.post_form("/register", &[]).await.expect("missing"), 400, "invalid_username");
+    assert_error(api.post_form("/register", &[("username", "a\u{7}b")]).await.expect("ctrl"), 400, "invalid_username");
+    assert_error(
+        api.post_form("/register", &[("username", &"x".repeat(65))]).await.expect("long"),
+        400,
+        "invalid_username",
+    );
+    let sqli = format!("{}'); DROP TABLE users; --", common::unique("s"));
+    let (status, body) = api.post_form("/register", &[("username", &sqli)]).await.expect("sqli");
+    assert_eq!((status.as_u16(), body["username"].as_str()), (200, Some(sqli.as_str())));
+
+    // Malformed bodies are 4xx JSON, never 500.
+    let bad = hyper::Request::post("/register")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"username\":")))
+        .expect("req");
+    assert_error(api.request(bad).await.expect("bad json"), 400, "invalid_json");
+    let bad = hyper::Request::post("/register")
+        .header("content-type", "text/xml")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"<x/>")))
+        .expect("req");
+    assert_error(api.request(bad).await.expect("xml"), 415, "unsupported_media_type");
+
+    // Groups: the pair gets one group, from either side; unknown users are 404.
+    let (status, g) = api
+        .post_form(
+            "/create_group",
+            &[("name", "ab"), ("created_by", &alice.to_string()), ("user_ids", &bob.to_string())],
+        )
+        .await
+        .expect("create");
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["created"], true);
+    assert_eq!(g["name"], "ab");
+    assert_eq!(g["groupName"], "ab");
+    assert_eq!(g["members"], json!([alice, bob]));
+    let group = g["group_id"].as_i64().expect("gid");
+    let (_, again) = api
+        .post_json("/create_group", &json!({ "groupName": "other", "created_by": bob, "user_ids": [alice] }))
+        .await
+        .expect("again");
+    assert_eq!((again["group_id"].as_i64(), again["created"].as_bool()), (Some(group), Some(false)));
+    assert_error(
+        api.post_form("/create_group", &[("created_by", &alice.to_string()), ("user_ids", "999999999")])
+            .await
+            .expect("x"),
+        404,
+        "user_not_found",
+    );
+    assert_error(
+        api.post_form("/create_group", &[("created_by", &alice.to_string())]).await.expect("x"),
+        400,
+        "invalid_members",
+    );
+    assert_error(
+        api.post_form("/create_group", &[("created_by", "abc"), ("user_ids", "1")]).await.expect("x"),
+        400,
+        "invalid_id",
+    );
+    assert_error(api.post_form("/create_group", &[("user_ids", "1")]).await.expect("x"), 400, "missing_field");
+
+    // The pair-dedupe race: 20 concurrent calls, one id.
+    let (c, d) =
+        (api.register(&common::unique("c")).await.expect("c"), api.register(&common::unique("d")).await.expect("d"));
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let api = api.clone();
+            let (by, other) = if i % 2 == 0 { (c, d) } else { (d, c) };
+            tokio::spawn(async move { api.create_group(by, &[other]).await.expect("race") })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.await.expect("join"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    // Sending.
+    let (status, sent) = api.send(alice, group, "hello bob", None).await.expect("send");
+    assert_eq!(status, 200, "{sent}");
+    assert!(sent["message_id"].as_i64().is_some());
+    assert_eq!(sent["group_id"].as_i64(), Some(group));
+    assert!(sent["timestamp"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{sent}");
+    // By receiver_id: the 1:1 group, created if missing.
+    let (status, by_receiver) = api
+        .post_form(
+            "/send_message",
+            &[("sender_id", &bob.to_string()), ("receiver_id", &alice.to_string()), ("content", "hi")],
+        )
+        .await
+        .expect("receiver");
+    assert_eq!((status.as_u16(), by_receiver["group_id"].as_i64()), (200, Some(group)));
+    let fresh = api.register(&common::unique("f")).await.expect("f");
+    let (status, new_pair) = api
+        .post_json("/send_message", &json!({ "sender_id": fresh, "receiver_id": alice, "content": "new chat" }))
+        .await
+        .expect("new pair");
+    assert_eq!(status, 200, "{new_pair}");
+    assert_ne!(new_pair["group_id"].as_i64(), Some(group));
+
+    // Idempotent retry.
+    let (_, first) = api.send(alice, group, "once", Some("retry-1")).await.expect("first");
+    let (status, retry) = api.send(alice, group, "once", Some("retry-1")).await.expect("retry");
+    assert_eq!(status, 200);
+    assert_eq!(retry["message_id"], first["message_id"]);
+    assert_eq!(retry["duplicate"], true);
+    assert_error(api.send(alice, group, "changed", Some("retry-1")).await.expect("reuse"), 409, "client_msg_id_reused");
+
+    // Bad sends.
+    let s = alice.to_string();
+    let g = group.to_string();
+    assert_error(api.send(fresh, group, "not mine", None).await.expect("x"), 403, "not_a_member");
+    assert_error(api.send(999_999_999, group, "ghost", None).await.expect("x"), 404, "user_not_found");
+    assert_error(api.send(alice, 999_999_999, "nowhere", None).await.expect("x"), 404, "group_not_found");
+    assert_error(api.send(alice, group, "", None).await.expect("x"), 400, "empty_content");
+    assert_error(api.send(alice, group, "   ", None).await.expect("x"), 400, "empty_content");
+    assert_error(api.send(alice, group, &"x".repeat(16 * 1024 + 1), None).await.expect("x"), 413, "message_too_large");
+    assert_eq!(api.send(alice, group, &"x".repeat(16 * 1024), None).await.expect("x").0, 200, "exactly the limit");
+    assert_error(
+        api.post_form("/send_message", &[("sender_id", &s), ("content", "c")]).await.expect("x"),
+        400,
+        "invalid_target",
+    );
+    assert_error(
+        api.post_form(
+            "/send_message",
+            &[("sender_id", &s), ("content", "c"), ("group_id", &g), ("receiver_id", &bob.to_string())],
+        )
+        .await
+        .expect("x"),
+        400,
+        "invalid_target",
+    );
+    assert_error(
+        api.post_form("/send_message", &[("sender_id", &s), ("content", "c"), ("group_id", "-4")]).await.expect("x"),
+        400,
+        "invalid_id",
+    );
+    assert_error(
+        api.post_form("/send_message", &[("sender_id", &s), ("sender_id", "2"), ("content", "c"), ("group_id", &g)])
+            .await
+            .expect("x"),
+        400,
+        "duplicate_field",
+    );
+
+    // History and group listing.
+    let (status, history) = api.get(&format!("/groups/{group}/messages?limit=500")).await.expect("history");
+    assert_eq!(status, 200);
+    let history = history.as_array().expect("array").clone();
+    let ids: Vec<i64> = history.iter().filter_map(|m| m["message_id"].as_i64()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "history in id order");
+    assert_eq!(history[0]["content"], "hello bob");
+    assert_eq!(history[0]["sender_id"].as_i64(), Some(alice));
+    let (_, page) = api.get(&format!("/groups/{group}/messages?after={}&limit=1", ids[0])).await.expect("page");
+    assert_eq!(page[0]["message_id"].as_i64(), Some(ids[1]));
+    assert_error(api.get(&format!("/groups/{group}/messages?limit=501")).await.expect("x"), 400, "invalid_limit");
+    assert_error(api.get("/groups/999999999/messages").await.expect("x"), 404, "group_not_found");
+    assert_error(api.get("/groups/abc/messages").await.expect("x"), 400, "invalid_id");
+    let (status, groups) = api.get(&format!("/users/{alice}/groups")).await.expect("groups");
+    assert_eq!(status, 200);
+    let groups = groups.as_array().expect("array");
+    assert_eq!(groups.len(), 2);
+    assert!(groups.iter().any(|g| g["group_id"].as_i64() == Some(group) && g["members"] == json!([alice, bob])));
+    assert_error(api.get("/users/999999999/groups").await.expect("x"), 404, "user_not_found");
+    assert_error(api.get("/users/0/groups").await.expect("x"), 400, "invalid_id");
+
+    // Unknown routes and methods, the page, probes.
+    assert_error(api.get("/nope").await.expect("x"), 404, "route_not_found");
+    assert_error(api.get("/register").await.expect("x"), 405, "method_not_allowed");
+    let (status, _) = api.get("/healthz").await.expect("healthz");
+    assert_eq!(status, 200);
+    let (status, ready) = api.get("/readyz").await.expect("readyz");
+    assert_eq!(status, 200, "{ready}");
+    // The WebSocket route refuses non-upgrades and bad ids.
+    assert_error(api.get("/ws/abc").await.expect("x"), 400, "invalid_id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_the_embedded_node() {
+    let node = common::embedded(&[]).await;
+    suite(node.api()).await;
+    let page = hyper::Request::get("/").body(http_body_util::Full::new(bytes::Bytes::new())).expect("req");
+    let (status, _) = node.api().request(page).await.expect("page");
+    assert_eq!(status, 200);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_mysql_and_redis() {
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let node = common::start(&["--database-url", &db, "--redis-url", &redis], Shared::default()).await;
+    suite(node.api()).await;
+    node.stop().await;
+}
