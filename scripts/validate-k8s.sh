@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Validate the Kubernetes manifests under k8s/ offline, with no cluster and no network.
 #
-# For every kustomization under k8s/ (k8s/base, k8s/overlays/*):
+# Every YAML file under k8s/ must be reached from a kustomization (as a resource, a patch or the
+# kustomization itself). Then, for every kustomization (k8s/base, k8s/overlays/*):
 #   1. raw:      each manifest listed in its "resources" is checked by `kubernetes-validate
 #                --strict` (unknown fields are errors; an unknown kind/apiVersion, which
-#                kubernetes-validate only warns about, counts as a failure here);
+#                kubernetes-validate only warns about, counts as a failure here). Patches are
+#                partial objects; they are checked as part of the rendered output;
 #   2. render:   the kustomization is built, by `kustomize build` / `kubectl kustomize` when one
 #                is installed, and always by the small built-in renderer below, which handles
 #                exactly the features k8s/ uses (resources, namespace, configMapGenerator with
@@ -548,6 +550,24 @@ def main():
             kustomizations.append(directory)
     if not kustomizations:
         report(False, f"kustomizations under {rel(K8S)}", "none found")
+
+    # Every YAML file must be reached from a kustomization, or nothing above would check it.
+    referenced = set()
+    for directory in kustomizations:
+        referenced.add(kustomization_file(directory))
+        with open(kustomization_file(directory)) as f:
+            kustomization = yaml.safe_load(f) or {}
+        entries = list(kustomization.get("resources", []))
+        entries += [p["path"] for p in kustomization.get("patches", []) if "path" in p]
+        for spec in kustomization.get("configMapGenerator", []):
+            entries += spec.get("envs", []) + [e.rpartition("=")[2] for e in spec.get("files", [])]
+        referenced.update(os.path.normpath(os.path.join(directory, e)) for e in entries)
+    for directory, _, files in os.walk(K8S):
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            if name.endswith((".yaml", ".yml")) and path not in referenced:
+                report(False, f"{rel(path)} is used by a kustomization",
+                       "not listed in any kustomization's resources or patches, so never checked")
 
     kustomize = kustomize_command()
     if kustomize is None:
