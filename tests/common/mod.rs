@@ -7,6 +7,9 @@
 //! skips those cases with a note instead.
 #![allow(dead_code)]
 
+pub mod services;
+pub mod traffic;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -167,7 +170,7 @@ impl Proc {
             .arg(format!("127.0.0.1:{admin}"))
             .args(args)
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "error".into()))
             .stdin(Stdio::null());
         let child = cmd.spawn().expect("spawn switchboard");
         Proc {

@@ -1,0 +1,145 @@
+//! Fault injection against real processes: two node processes on a private MariaDB, Redis
+//! and MongoDB stand-in, a steady stream of sends between pairs of users spread over both
+//! nodes, and one fault per scenario. Each ends with the checker reporting 0 lost among
+//! accepted sends, 0 duplicates within a connection, and per-sender order kept in every
+//! group. Refused sends are retried with the same `client_msg_id` and counted apart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::services::{self, Service};
+use common::traffic::Workload;
+use common::{Proc, unique};
+
+/// Scenarios share machine-wide resources (CPU, ports); run them one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PAIRS: usize = 8;
+const INTERVAL: Duration = Duration::from_millis(150);
+
+struct Fleet {
+    db: Service,
+    redis: Service,
+    mongo: Service,
+    nodes: Vec<Proc>,
+}
+
+async fn fleet() -> Option<Fleet> {
+    // The private services need the same binaries as the shared ones.
+    if !(common::service("MariaDB", "127.0.0.1:3306") && common::service("Redis", "127.0.0.1:6379")) {
+        return None;
+    }
+    if !common::service("MongoDB stand-in", "127.0.0.1:27017") {
+        return None;
+    }
+    let (db, redis, mongo) = (services::mariadb().await, services::redis().await, services::mongo().await);
+    let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
+    let env = vec![
+        ("DATABASE_URL".to_owned(), database),
+        ("REDIS_URL".to_owned(), redis.url()),
+        ("MONGODB_URL".to_owned(), mongo.url()),
+    ];
+    let mut nodes = Vec::new();
+    for name in ["f1", "f2"] {
+        let node = Proc::spawn(&["--node-id".into(), name.into()], &env);
+        node.ready().await;
+        nodes.push(node);
+    }
+    Some(Fleet { db, redis, mongo, nodes })
+}
+
+impl Fleet {
+    fn addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    async fn traffic(&self) -> Workload {
+        Workload::start(&self.addrs(), PAIRS, INTERVAL).await
+    }
+}
+
+async fn verdict(name: &str, w: Workload) {
+    let reconnects = w.reconnects.clone();
+    let report = w.finish(Duration::from_secs(40)).await;
+    println!("{name}: {report} reconnects={}", reconnects.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(report.accepted > 50, "{name}: too little traffic: {report}");
+    assert!(report.clean(), "{name}: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut f) = fleet().await else { return };
+    let w = f.traffic().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.nodes[1].signal("KILL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.nodes[1].restart();
+    f.nodes[1].ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    verdict("kill -9 node", w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut f) = fleet().await else { return };
+    let w = f.traffic().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.redis.stop().await;
+    // Sends keep being accepted while the backplane is away.
+    let before = w.checker.report().accepted;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = w.checker.report().accepted;
+    assert!(during > before + 10, "sends stalled while Redis was down ({before} -> {during})");
+    f.redis.start().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    verdict("redis restart", w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_outage_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut f) = fleet().await else { return };
+    let w = f.traffic().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.db.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Not ready while the store is away.
+    let (status, _) = switchboard::client::Api::new(f.nodes[0].admin).get("/readyz").await.expect("readyz");
+    assert_eq!(status, 503);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.db.start().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    verdict("mysql outage", w).await;
+    assert_eq!(switchboard::client::Api::new(f.nodes[0].admin).get("/readyz").await.expect("readyz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_outage_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut f) = fleet().await else { return };
+    let w = f.traffic().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.mongo.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rejected = w.checker.report().rejected;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(w.checker.report().rejected > rejected, "sends were not refused while the inbox was away");
+    f.mongo.start().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    verdict("mongodb outage", w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_socket_drops_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(f) = fleet().await else { return };
+    let w = f.traffic().await;
+    w.chaos(true);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    w.chaos(false);
+    assert!(w.reconnects.load(std::sync::atomic::Ordering::SeqCst) > 10, "chaos dropped too few sockets");
+    verdict("random socket drops", w).await;
+}
