@@ -161,17 +161,25 @@ async fn drain_sessions(state: &AppState) {
                 tokio::time::sleep(tick).await;
             }
         }
+        // Every session was told; wait for their clients to answer the close.
+        state.sessions.close();
+        state.sessions.wait().await;
     };
     tokio::select! {
         () = paced => {}
-        () = tokio::time::sleep_until(deadline) => tracing::warn!("drain timeout reached; cutting remaining sessions"),
+        () = tokio::time::sleep_until(deadline) => tracing::warn!(
+            left = state.hub.session_count(),
+            "drain timeout reached; cutting remaining sessions"
+        ),
         () = cut.cancelled() => tracing::warn!("drain cut short; closing remaining sessions now"),
     }
+    // The enforced TTL: whatever is still open is cut now.
+    state.lifecycle.cut_now();
     for s in state.hub.sessions() {
         s.close(close::GOING_AWAY);
     }
     state.sessions.close();
-    // Sessions end within their write timeout after being closed.
+    // Cut sessions end within their write timeout.
     if tokio::time::timeout(Duration::from_secs(15), state.sessions.wait()).await.is_err() {
         tracing::warn!(left = state.hub.session_count(), "sessions did not end after the cut");
     }

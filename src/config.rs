@@ -16,7 +16,7 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "switchboard", version, about = "Real-time messaging gateway node")]
+#[command(name = "switchboard", version, about = "Real-time messaging gateway node", args_override_self = true)]
 pub struct Config {
     /// Public listener: REST API, WebSocket upgrades and the web client.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8000")]

@@ -100,7 +100,7 @@ impl Writer {
     async fn run(&mut self, mut queue: mpsc::Receiver<Outbound>, mut control: mpsc::Receiver<Control>) -> &'static str {
         match self.start().await {
             Ok(true) => {}
-            Ok(false) => return self.close_requested().await,
+            Ok(false) => return self.close_requested(&mut control).await,
             Err(_) => return "error",
         }
         loop {
@@ -108,7 +108,7 @@ impl Writer {
             // the branch bodies, never inside the select.
             let step = tokio::select! {
                 biased;
-                () = self.handle.closed() => return self.close_requested().await,
+                () = self.handle.closed() => return self.close_requested(&mut control).await,
                 c = control.recv() => self.control(c.unwrap_or(Control::Gone)).await,
                 item = queue.recv() => match item {
                     Some(item) => self.outbound(item).await.map(|()| None),
@@ -216,13 +216,29 @@ impl Writer {
         }
     }
 
-    /// The hub or the lifecycle asked this session to close.
-    async fn close_requested(&mut self) -> &'static str {
+    /// The hub or the lifecycle asked this session to close. A drain (1001) says goodbye and
+    /// then waits for the client's close reply, so the client leaves on its own terms; one
+    /// that ignores the close stays until the drain deadline cuts it (the enforced TTL).
+    async fn close_requested(&mut self, control: &mut mpsc::Receiver<Control>) -> &'static str {
         let code = self.handle.close_code().unwrap_or(close::GOING_AWAY);
         if code == close::GOING_AWAY {
             let _ = self.send(protocol::GOODBYE_DRAINING).await;
         }
         self.write_close(code).await;
+        if code == close::GOING_AWAY {
+            let cut = self.state.lifecycle.cut_token();
+            let answered = async {
+                while let Some(c) = control.recv().await {
+                    if matches!(c, Control::CloseEcho(_) | Control::Close(_) | Control::Gone) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = answered => {}
+                () = cut.cancelled() => return "drain_timeout",
+            }
+        }
         close::reason(code)
     }
 

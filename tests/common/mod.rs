@@ -7,6 +7,7 @@
 //! skips those cases with a note instead.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod services;
 pub mod traffic;
 
@@ -41,6 +42,20 @@ pub fn service(name: &str, addr: &str) -> bool {
     assert!(!services_required(), "{name} at {addr} is required (SWITCHBOARD_TEST_SERVICES=1) but not reachable");
     eprintln!("note: {name} at {addr} not reachable; skipping its cases");
     false
+}
+
+/// Whether a program is installed; panics when it must be and is not.
+pub fn program(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found || !services_required(), "{name} is required (SWITCHBOARD_TEST_SERVICES=1) but not installed");
+    if !found {
+        eprintln!("note: {name} not installed; skipping its cases");
+    }
+    found
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -89,6 +104,7 @@ impl Drop for TempDir {
 pub struct Node {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    pub agent: SocketAddr,
     pub state: Arc<AppState>,
     pub lifecycle: Lifecycle,
     pub task: tokio::task::JoinHandle<()>,
@@ -126,11 +142,13 @@ pub async fn start(args: &[&str], shared: Shared) -> Node {
     let app = App::build_with(config, shared).await.expect("node builds");
     let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let (addr, admin_addr) = (public.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+    let agent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = public.local_addr().expect("addr");
+    let (admin_addr, agent_addr) = (admin.local_addr().expect("addr"), agent.local_addr().expect("addr"));
     let state = app.state().clone();
     let lifecycle = app.lifecycle();
-    let task = tokio::spawn(app.run(public, Some(admin), None));
-    Node { addr, admin: admin_addr, state, lifecycle, task, _dir: None }
+    let task = tokio::spawn(app.run(public, Some(admin), Some(agent)));
+    Node { addr, admin: admin_addr, agent: agent_addr, state, lifecycle, task, _dir: None }
 }
 
 /// Registers `n` users with unique names.

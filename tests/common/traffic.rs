@@ -20,6 +20,8 @@ pub struct Workload {
     pub reconnects: Arc<AtomicU64>,
     /// Connections established (first ones included).
     pub connects: Arc<AtomicU64>,
+    /// Server closes with 1001 Going Away (drains).
+    pub going_away: Arc<AtomicU64>,
     chaos: Arc<AtomicBool>,
     stop_senders: CancellationToken,
     stop_receivers: CancellationToken,
@@ -46,6 +48,7 @@ impl Workload {
         let stop_receivers = CancellationToken::new();
         let reconnects = Arc::new(AtomicU64::new(0));
         let connects = Arc::new(AtomicU64::new(0));
+        let going_away = Arc::new(AtomicU64::new(0));
         let online = Arc::new(AtomicUsize::new(0));
         let receivers = users
             .iter()
@@ -60,6 +63,7 @@ impl Workload {
                     stop: stop_receivers.clone(),
                     reconnects: reconnects.clone(),
                     connects: connects.clone(),
+                    going_away: going_away.clone(),
                     online: online.clone(),
                 };
                 tokio::spawn(r.run())
@@ -89,7 +93,7 @@ impl Workload {
                 senders.push(tokio::spawn(s.run()));
             }
         }
-        Workload { checker, reconnects, connects, chaos, stop_senders, stop_receivers, senders, receivers }
+        Workload { checker, reconnects, connects, going_away, chaos, stop_senders, stop_receivers, senders, receivers }
     }
 
     /// Clients drop their sockets at random while on.
@@ -180,6 +184,7 @@ struct Receiver {
     stop: CancellationToken,
     reconnects: Arc<AtomicU64>,
     connects: Arc<AtomicU64>,
+    going_away: Arc<AtomicU64>,
     online: Arc<AtomicUsize>,
 }
 
@@ -221,7 +226,13 @@ impl Receiver {
                             }
                         }
                         Some(WsEvent::Text(_)) => {}
-                        Some(WsEvent::Closed(_)) | None => break true,
+                        Some(WsEvent::Closed(code)) => {
+                            if code == Some(1001) {
+                                self.going_away.fetch_add(1, Ordering::SeqCst);
+                            }
+                            break true;
+                        }
+                        None => break true,
                     },
                     _ = heartbeat.tick() => { let _ = ws.send_text("heartbeat").await; }
                     _ = flush.tick() => if !acks.is_empty() {
