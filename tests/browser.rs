@@ -1,19 +1,43 @@
-//! The web client in headless Chromium (playwright-core): two pages, two users, on two
-//! nodes sharing MariaDB and Redis. Each sees the other's message on screen, and script
-//! payloads show as text. The scenario lives in `tests/browser/chat.mjs`.
+//! The web client in headless Chromium (playwright-core), against node processes sharing
+//! MariaDB and Redis:
+//! - two pages, two users, on two nodes: each sees the other's message on screen, and
+//!   script payloads show as text (`tests/browser/chat.mjs`);
+//! - a page behind HAProxy across a drain of its node: `reconnecting`, then `connected`,
+//!   and a message sent after the drain shows up (`tests/browser/drain.mjs`).
 
 mod common;
 
 use std::process::Command;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_browsers_on_two_nodes_chat() {
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+use common::fleet::{self, Ports};
+
+fn browser_ready() -> bool {
     let ready = std::path::Path::new("tests/browser/node_modules/playwright-core").exists()
         && std::path::Path::new("/usr/bin/chromium").exists();
     if !ready {
         assert!(!common::services_required(), "playwright-core or chromium missing (run scripts/services.sh)");
         eprintln!("note: playwright-core or chromium missing; skipping");
+    }
+    ready
+}
+
+/// Runs a browser scenario script and checks its summary line.
+async fn scenario(script: &'static str, args: Vec<String>) {
+    let out =
+        tokio::task::spawn_blocking(move || Command::new("node").arg(script).args(args).output().expect("run node"))
+            .await
+            .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed");
+    assert!(stdout.contains(", 0 failed"), "{script}: no clean summary line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_on_two_nodes_chat() {
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    if !browser_ready() {
         return;
     }
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
@@ -21,15 +45,31 @@ async fn two_browsers_on_two_nodes_chat() {
     n1.ready().await;
     let n2 = common::Proc::spawn(&["--node-id".into(), "b2".into()], &env);
     n2.ready().await;
-    let (u1, u2) = (format!("http://{}", n1.addr), format!("http://{}", n2.addr));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg("tests/browser/chat.mjs").arg(u1).arg(u2).output().expect("run node")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "browser scenario failed");
-    assert!(stdout.contains(", 0 failed"), "no clean summary line");
+    scenario("tests/browser/chat.mjs", vec![format!("http://{}", n1.addr), format!("http://{}", n2.addr)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_across_a_drain() {
+    let (Some(db), Some(redis), true) = (common::mysql_url(), common::redis_url(), common::program("haproxy")) else {
+        return;
+    };
+    if !browser_ready() {
+        return;
+    }
+    let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
+    // The config names three servers; the third stays down.
+    let ports = [Ports::free(), Ports::free(), Ports::free()];
+    let nodes: Vec<_> = ["node1", "node2"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| fleet::node(name, &ports[i], &["--drain-timeout", "10"], &env))
+        .collect();
+    for n in &nodes {
+        n.ready().await;
+    }
+    let hp = fleet::haproxy(&ports).await;
+    hp.wait_all_up(&["node1", "node2"]).await;
+    let mut args = vec![format!("http://{}", hp.addr)];
+    args.extend(nodes.iter().map(|n| format!("http://{}", n.admin)));
+    scenario("tests/browser/drain.mjs", args).await;
 }

@@ -11,7 +11,19 @@
 
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import {
+  TIMEOUT,
+  assert,
+  check,
+  connState,
+  launch,
+  messageWithText,
+  register,
+  send,
+  tally,
+  waitConnected,
+  waitForMessage,
+} from "./lib.mjs";
 
 const [base1, base2] = process.argv.slice(2);
 if (!base1 || !base2) {
@@ -19,88 +31,13 @@ if (!base1 || !base2) {
   process.exit(64);
 }
 
-const TIMEOUT = 10_000;
 const SCREENSHOT = resolve(process.cwd(), "target/browser-chat.png");
 const XSS_PAYLOADS = [
   '<img src=x onerror="window.__xss=1">',
   "<script>window.__xss=1</script>",
 ];
 
-let passed = 0;
-let failed = 0;
-
-async function check(name, fn) {
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok   ${name}`);
-    return true;
-  } catch (e) {
-    failed += 1;
-    const why = String((e && e.message) || e).split("\n")[0];
-    console.log(`FAIL ${name}: ${why}`);
-    return false;
-  }
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(msg);
-}
-
-async function connState(page) {
-  return (await page.locator("#conn-state").textContent()) ?? "";
-}
-
-async function waitConnected(page) {
-  await page.waitForFunction(
-    () => document.getElementById("conn-state")?.textContent === "connected",
-    null,
-    { timeout: TIMEOUT },
-  );
-}
-
-async function register(page, username) {
-  await page.fill("#username", username);
-  await page.click("#register-btn");
-  await page.waitForFunction(
-    () => /^\d+$/.test(document.getElementById("user-id")?.textContent ?? ""),
-    null,
-    { timeout: TIMEOUT },
-  );
-  return Number(await page.locator("#user-id").textContent());
-}
-
-// The message element in #messages whose .content text is exactly `text`.
-function messageWithText(page, text) {
-  return page.locator("#messages .msg .content").filter({ hasText: text }).last();
-}
-
-async function waitForMessage(page, text) {
-  await page.waitForFunction(
-    (t) => [...document.querySelectorAll("#messages .msg .content")].some((n) => n.textContent === t),
-    text,
-    { timeout: TIMEOUT },
-  );
-}
-
-async function send(page, text) {
-  await page.fill("#message-input", text);
-  await page.click("#send-btn");
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-  ],
-});
+const browser = await launch();
 
 let exitCode = 1;
 try {
@@ -276,13 +213,13 @@ try {
     console.log(`screenshot failed: ${e.message}`);
   }
 
-  exitCode = failed === 0 ? 0 : 1;
+  exitCode = tally.failed === 0 ? 0 : 1;
 } catch (e) {
-  failed += 1;
+  tally.failed += 1;
   console.log(`FAIL unexpected error: ${String((e && e.message) || e).split("\n")[0]}`);
 } finally {
   await browser.close().catch(() => {});
 }
 
-console.log(`browser: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && exitCode === 0 ? 0 : 1);
+console.log(`browser: ${tally.passed} passed, ${tally.failed} failed`);
+process.exit(tally.failed === 0 && exitCode === 0 ? 0 : 1);
