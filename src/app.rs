@@ -15,12 +15,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Tokens;
 use crate::backplane::{Backplane, BackplaneError, MemoryBackplane, MemoryBus, RedisBackplane};
 use crate::config::Config;
 use crate::http::{self, Listener};
 use crate::hub::Hub;
 use crate::inbox::{self, Inbox, InboxError, Remover, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::store::{Database, SqlStore, Store, StoreError};
 use crate::ws::protocol::close;
@@ -37,6 +39,9 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// Every WebSocket session task; the drain waits on it.
     pub sessions: TaskTracker,
+    pub send_limiter: RateLimiter,
+    /// Present in signed-token mode.
+    pub tokens: Option<Tokens>,
 }
 
 #[derive(Debug, Error)]
@@ -84,7 +89,11 @@ impl App {
         let hub = Hub::new(backplane, metrics.clone());
         tokio::spawn(hub.clone().run(events_rx));
         let remover = Remover::spawn(inbox.clone());
+        let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
+        let tokens = config.token_secret.as_deref().map(Tokens::new);
         let state = AppState {
+            send_limiter,
+            tokens,
             config,
             node,
             store,
@@ -205,11 +214,14 @@ async fn upkeep(state: Arc<AppState>) {
     let mut health = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = sweep.tick() => match state.inbox.sweep().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "inbox sweep"),
-                Err(e) => tracing::warn!(error = %e, "inbox sweep failed"),
-            },
+            _ = sweep.tick() => {
+                state.send_limiter.sweep();
+                match state.inbox.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "inbox sweep"),
+                    Err(e) => tracing::warn!(error = %e, "inbox sweep failed"),
+                }
+            }
             _ = health.tick() => {
                 let _ = http::readiness(&state).await;
                 if let Ok(n) = state.inbox.pending_total().await {

@@ -194,19 +194,27 @@ pub async fn connect_ws(addr: SocketAddr, user: UserId, ack: bool) -> Result<WsC
 }
 
 pub async fn connect_ws_path(addr: SocketAddr, path: &str) -> Result<WsConn, ClientError> {
+    connect_ws_with(addr, path, &[]).await
+}
+
+/// Opens a WebSocket at `path` with extra request headers (Origin, Authorization, ...).
+pub async fn connect_ws_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<WsConn, ClientError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let req = Request::get(path)
+    let mut req = Request::get(path)
         .header("host", addr.to_string())
         .header("upgrade", "websocket")
         .header("connection", "upgrade")
         .header("sec-websocket-key", fastwebsockets::handshake::generate_key())
-        .header("sec-websocket-version", "13")
-        .body(Full::new(Bytes::new()))?;
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::new()))?;
     let mut res = sender.send_request(req).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = res.status();

@@ -99,6 +99,36 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1_000)]
     pub replay_limit: u32,
 
+    /// Most WebSocket sessions on this node; upgrades above it get 503.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Most WebSocket sessions one user may hold on this node; above it 429.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: usize,
+
+    /// Sustained messages per second one user may send through this node (429 above it).
+    #[arg(long, env = "SWITCHBOARD_SEND_RATE", default_value_t = 20.0)]
+    pub send_rate: f64,
+
+    /// Messages a user may send in a burst before the rate applies.
+    #[arg(long, env = "SWITCHBOARD_SEND_BURST", default_value_t = 40)]
+    pub send_burst: u32,
+
+    /// How long a client may take to send request headers, in milliseconds (slowloris guard).
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Origins allowed to open WebSockets (comma-separated, e.g. `https://chat.example.com`);
+    /// empty allows any. Requests without an Origin header (non-browser clients) pass.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',', num_args = 0..)]
+    pub allowed_origins: Vec<String>,
+
+    /// Secret for the optional signed-token mode. When set, /register returns a token and
+    /// /ws/{user_id} and send_message require the token of that user. Off when unset.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -118,6 +148,15 @@ impl Config {
         }
         if self.max_message_bytes == 0 || self.max_frame_bytes < 1024 || self.max_body_bytes < self.max_message_bytes {
             return Err("--max-message-bytes must be >= 1, --max-frame-bytes >= 1024 and --max-body-bytes >= --max-message-bytes".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_user == 0 {
+            return Err("--max-connections and --max-connections-per-user must be at least 1".into());
+        }
+        if !(self.send_rate > 0.0 && self.send_rate.is_finite()) || self.send_burst == 0 {
+            return Err("--send-rate must be a positive number and --send-burst at least 1".into());
+        }
+        if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err("--token-secret must be at least 16 characters".into());
         }
         if self.max_group_members < 2 {
             return Err("--max-group-members must be at least 2".into());

@@ -188,6 +188,10 @@ impl Hub {
         self.users.iter().flat_map(|e| e.value().clone()).collect()
     }
 
+    pub fn user_session_count(&self, user: UserId) -> usize {
+        self.users.get(&user).map_or(0, |s| s.len())
+    }
+
     pub fn session_count(&self) -> usize {
         self.users.iter().map(|e| e.value().len()).sum()
     }

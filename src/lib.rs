@@ -14,6 +14,7 @@
 //! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
+//! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode.
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`model`]: ids, users, groups, messages and their wire frame.
 //! - [`web`]: the embedded single-page client.
@@ -24,6 +25,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod auth;
 pub mod backplane;
 pub mod checker;
 pub mod client;
@@ -32,6 +34,7 @@ pub mod http;
 pub mod hub;
 pub mod inbox;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod store;

@@ -40,7 +40,11 @@ pub async fn register(state: &AppState, f: Fields) -> Reply {
     let username = clean_name(f.text("username")?, "username", "invalid_username", MAX_USERNAME)?;
     let user = state.store.create_user(&username).await?;
     tracing::info!(user_id = user.user_id, username = %user.username, node = %state.node, "user registered");
-    Ok(json!({ "user_id": user.user_id, "username": user.username }))
+    let mut body = json!({ "user_id": user.user_id, "username": user.username });
+    if let Some(tokens) = &state.tokens {
+        body["token"] = tokens.issue(user.user_id).into();
+    }
+    Ok(body)
 }
 
 pub async fn create_group(state: &AppState, f: Fields) -> Reply {
@@ -89,8 +93,27 @@ async fn announce_group(state: &AppState, group: &Group) {
     }
 }
 
-pub async fn send_message(state: &AppState, f: Fields) -> Reply {
+/// In signed-token mode, refuses a request without the token of `user`.
+pub fn authorize(state: &AppState, user: UserId, token: Option<&str>) -> Result<(), ApiError> {
+    let Some(tokens) = &state.tokens else { return Ok(()) };
+    if token.is_some_and(|t| tokens.verify(user, t)) {
+        return Ok(());
+    }
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "A valid token of this user is required."))
+}
+
+pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
+    authorize(state, sender_id, f.text("token")?.or(bearer).as_deref())?;
+    if let Err(wait) = state.send_limiter.check(sender_id) {
+        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many messages; at most {} per second.", state.config.send_rate),
+        )
+        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
     let content = f.text("content")?.unwrap_or_default();
     if content.trim().is_empty() {
         return Err(ApiError::bad_request("empty_content", "`content` must not be empty."));

@@ -19,13 +19,11 @@ use tokio_util::task::TaskTracker;
 
 pub use body::{Fields, parse_id};
 pub use error::{ApiError, Body, json_response};
-pub use handlers::readiness;
-pub use router::Listener;
+pub use handlers::{authorize, readiness};
+pub use router::{Listener, bearer_token};
 
 use crate::app::AppState;
 
-/// How long a client may take to send its request headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish once the listener stops.
 const GRACE: Duration = Duration::from_secs(30);
 
@@ -47,6 +45,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, 
             },
         };
         let _ = stream.set_nodelay(true);
+        let conn_state = state.clone();
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
@@ -54,7 +53,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, 
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(Duration::from_millis(conn_state.config.header_read_timeout_ms))
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = stop.clone();
@@ -68,6 +67,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, 
                 }
             };
             if let Err(e) = res {
+                if e.is_timeout() {
+                    // Headers not sent in time: a slowloris, or a very slow client.
+                    conn_state.metrics.limit_rejections.with_label_values(&["header_timeout"]).inc();
+                }
                 tracing::debug!(error = %e, %peer, "http connection ended with an error");
             }
         });

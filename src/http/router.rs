@@ -37,10 +37,11 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             "/create_group",
             async { handlers::create_group(&state, form(&state, req).await?).await.map(ok_json) }.await,
         ),
-        (Listener::Public, &Method::POST, ["send_message"]) => (
-            "/send_message",
-            async { handlers::send_message(&state, form(&state, req).await?).await.map(ok_json) }.await,
-        ),
+        (Listener::Public, &Method::POST, ["send_message"]) => {
+            let bearer = bearer_token(&req);
+            let reply = async { handlers::send_message(&state, form(&state, req).await?, bearer).await.map(ok_json) };
+            ("/send_message", reply.await)
+        }
         (Listener::Public, &Method::GET, ["users", id, "groups"]) => {
             let r = match path_id(id, "user") {
                 Ok(user) => handlers::user_groups(&state, user).await.map(ok_json),
@@ -85,6 +86,11 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         ),
         _ => ("unknown", Err(handlers::not_found_route())),
     };
+    if let Err(e) = &result {
+        if e.code == "body_too_large" {
+            state.metrics.limit_rejections.with_label_values(&["body_size"]).inc();
+        }
+    }
     let mut res = result.unwrap_or_else(ApiError::into_response);
     if state.lifecycle.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Keep-alive off while draining, so clients move to other nodes.
@@ -94,6 +100,12 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
     m.http_requests.with_label_values(&[template, res.status().as_str()]).inc();
     m.http_duration.with_label_values(&[template]).observe(started.elapsed().as_secs_f64());
     res
+}
+
+/// The token of `Authorization: Bearer <token>`, if any (signed-token mode).
+pub fn bearer_token<B>(req: &Request<B>) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
 async fn form(state: &AppState, req: Request<Incoming>) -> Result<Fields, ApiError> {

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use crate::app::AppState;
-use crate::http::{ApiError, Body, Fields, parse_id};
+use crate::http::{ApiError, Body, Fields, authorize, bearer_token, parse_id};
 
 pub async fn upgrade(
     state: &Arc<AppState>,
@@ -23,35 +23,49 @@ pub async fn upgrade(
         state.metrics.ws_upgrade_rejected.with_label_values(&[reason]).inc();
         e
     };
+    let limited = |limit: &str| state.metrics.limit_rejections.with_label_values(&[limit]).inc();
+    let config = &state.config;
     if state.lifecycle.is_draining() {
-        return Err(reject(
-            "draining",
-            ApiError::unavailable("draining", "This node is draining; reconnect to another node.").retry_after(2),
-        ));
+        let e = ApiError::unavailable("draining", "This node is draining; reconnect to another node.");
+        return Err(reject("draining", e.retry_after(2)));
     }
     let Some(user_id) = parse_id(&serde_json::Value::String(raw_id.to_owned())) else {
-        return Err(reject(
-            "bad_request",
-            ApiError::bad_request("invalid_id", "The user id must be a positive integer."),
-        ));
+        let e = ApiError::bad_request("invalid_id", "The user id must be a positive integer.");
+        return Err(reject("bad_request", e));
     };
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Err(reject(
-            "bad_request",
-            ApiError::bad_request("not_websocket", "Expected a WebSocket upgrade request."),
-        ));
+        let e = ApiError::bad_request("not_websocket", "Expected a WebSocket upgrade request.");
+        return Err(reject("bad_request", e));
+    }
+    if let Some(origin) = req.headers().get(hyper::header::ORIGIN) {
+        let allowed = &config.allowed_origins;
+        if !allowed.is_empty() && !allowed.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
+            let e = ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", "This Origin may not open WebSockets.");
+            return Err(reject("origin", e));
+        }
+    }
+    let query = Fields::from_query(req.uri().query().unwrap_or(""));
+    let token = query.text("token").ok().flatten().or_else(|| bearer_token(&req));
+    authorize(state, user_id, token.as_deref()).map_err(|e| reject("unauthorized", e))?;
+    if state.metrics.ws_connections.get() >= config.max_connections as i64 {
+        limited("connections");
+        let e = ApiError::unavailable("over_capacity", "This node is at its connection limit; try another.");
+        return Err(reject("over_capacity", e.retry_after(2)));
+    }
+    if state.hub.user_session_count(user_id) >= config.max_connections_per_user {
+        limited("connections_per_user");
+        let detail = format!("A user may hold at most {} sessions per node.", config.max_connections_per_user);
+        let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", detail);
+        return Err(reject("too_many_connections", e.retry_after(5)));
     }
     match state.store.user(user_id).await {
         Ok(Some(_)) => {}
         Ok(None) => {
-            return Err(reject(
-                "unknown_user",
-                ApiError::not_found("user_not_found", format!("No user with id {user_id}.")),
-            ));
+            let e = ApiError::not_found("user_not_found", format!("No user with id {user_id}."));
+            return Err(reject("unknown_user", e));
         }
         Err(e) => return Err(reject("backend_unavailable", e.into())),
     }
-    let query = Fields::from_query(req.uri().query().unwrap_or(""));
     let ack_mode = matches!(query.text("ack").ok().flatten().as_deref(), Some("1" | "true"));
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req).map_err(|e| {
         reject("bad_request", ApiError::bad_request("bad_handshake", format!("Bad WebSocket handshake: {e}.")))

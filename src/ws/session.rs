@@ -162,6 +162,10 @@ impl Writer {
                 return Ok(());
             }
         };
+        if pending.len() >= self.state.config.replay_limit as usize {
+            // More may be waiting; they come with the next replay or the history API.
+            self.state.metrics.limit_rejections.with_label_values(&["replay"]).inc();
+        }
         for m in pending {
             if self.recent.insert(m.message_id) {
                 self.send(&m.frame()).await?;
@@ -273,7 +277,8 @@ async fn read_loop(
     acking: Arc<AtomicBool>,
 ) {
     ws.set_auto_pong(false);
-    ws.set_max_message_size(state.config.max_frame_bytes);
+    // fastwebsockets refuses payloads >= its limit; ours is the largest payload allowed.
+    ws.set_max_message_size(state.config.max_frame_bytes + 1);
     let timeout = state.config.heartbeat_timeout();
     let max = state.config.max_frame_bytes;
     // Obligated sends of the frame reader: the echo of a peer's close frame.
