@@ -30,6 +30,7 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (template, result) = match (listener, &method, segments.as_slice()) {
         (Listener::Public, &Method::GET, [""]) => ("/", Ok(html(handlers::page()))),
+        (Listener::Public, &Method::GET, ["openapi.yaml"]) => ("/openapi.yaml", Ok(openapi())),
         (Listener::Public, &Method::POST, ["register"]) => {
             ("/register", async { handlers::register(&state, form(&state, req).await?).await.map(ok_json) }.await)
         }
@@ -73,7 +74,7 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             ("/readyz", Ok(json_response(status, &body)))
         }
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
-        (Listener::Public, _, ["" | "register" | "create_group" | "send_message"])
+        (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message"])
         | (Listener::Public, _, ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
         | (Listener::Admin, _, ["admin", "drain"])
         | (_, _, ["healthz" | "readyz" | "metrics"]) => (
@@ -124,6 +125,12 @@ fn ok_json(v: serde_json::Value) -> Response<Body> {
 fn html(page: Bytes) -> Response<Body> {
     let mut res = Response::new(Full::new(page));
     res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+    res
+}
+
+fn openapi() -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from_static(crate::web::OPENAPI_YAML.as_bytes())));
+    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/yaml"));
     res
 }
 
