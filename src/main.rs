@@ -32,6 +32,12 @@ fn main() -> ExitCode {
         return ExitCode::from(EX_CONFIG);
     }
     init_tracing(config.log_format);
+    // Each WebSocket is a file descriptor: take the hard limit, since containers often start
+    // with a soft limit of 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dashmap::DashMap;
 use sqlx::AnyConnection;
 use sqlx::AnyPool;
 use sqlx::any::{AnyQueryResult, AnyRow};
@@ -51,11 +52,18 @@ impl Database {
 pub struct SqlStore {
     db: Database,
     metrics: Arc<Metrics>,
+    /// Members of groups already read. Membership never changes once a group exists (there
+    /// is no API to add or remove members), so the cache needs no invalidation; it is only
+    /// bounded.
+    members: DashMap<GroupId, Arc<[UserId]>>,
 }
+
+/// Groups whose members are kept in memory before the cache starts over.
+const MEMBER_CACHE_GROUPS: usize = 100_000;
 
 impl SqlStore {
     pub fn new(db: Database, metrics: Arc<Metrics>) -> Self {
-        Self { db, metrics }
+        Self { db, metrics, members: DashMap::new() }
     }
 
     fn pool(&self) -> &AnyPool {
@@ -219,6 +227,9 @@ impl Store for SqlStore {
     }
 
     async fn group_members(&self, id: GroupId) -> Result<Option<Vec<UserId>>, StoreError> {
+        if let Some(members) = self.members.get(&id) {
+            return Ok(Some(members.to_vec()));
+        }
         let _t = self.metrics.time_query("group_members");
         let rows = sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
             .bind(id)
@@ -228,7 +239,12 @@ impl Store for SqlStore {
         if rows.is_empty() {
             return Ok(None);
         }
-        Ok(Some(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?))
+        let members: Vec<UserId> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        if self.members.len() >= MEMBER_CACHE_GROUPS {
+            self.members.clear();
+        }
+        self.members.insert(id, members.as_slice().into());
+        Ok(Some(members))
     }
 
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>, StoreError> {

@@ -135,7 +135,9 @@ pub async fn embedded(extra: &[&str]) -> Node {
 
 /// Starts a node with these flags on ephemeral ports.
 pub async fn start(args: &[&str], shared: Shared) -> Node {
-    let mut all = vec!["--node-id", "test", "--drain-timeout", "5"];
+    // Tests send in bursts; the rate limit has its own tests.
+    let mut all =
+        vec!["--node-id", "test", "--drain-timeout", "5", "--send-rate", "1000000", "--send-burst", "1000000"];
     all.extend_from_slice(args);
     let config = Config::from_args(all).expect("test config parses");
     config.validate().expect("test config is valid");
