@@ -94,10 +94,10 @@ impl Api {
         let res = sender.send_request(req).await?;
         let status = res.status();
         let body = res.into_body().collect().await?.to_bytes();
-        if sender.is_ready() {
-            if let Ok(mut pool) = self.pool.lock() {
-                pool.push(sender);
-            }
+        if sender.is_ready()
+            && let Ok(mut pool) = self.pool.lock()
+        {
+            pool.push(sender);
         }
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }

@@ -151,6 +151,48 @@ impl Metrics {
         for backend in ["store", "inbox", "backplane"] {
             m.backend_up.with_label_values(&[backend]).set(1);
         }
+        // Known label values exist from the start, so dashboards show 0 rather than no data.
+        for reason in [
+            "client_close",
+            "client_gone",
+            "heartbeat_timeout",
+            "slow_consumer",
+            "draining",
+            "drain_timeout",
+            "protocol_error",
+            "too_large",
+            "error",
+        ] {
+            m.ws_disconnects.with_label_values(&[reason]);
+        }
+        for reason in [
+            "draining",
+            "bad_request",
+            "unknown_user",
+            "over_capacity",
+            "too_many_connections",
+            "unauthorized",
+            "origin",
+            "backend_unavailable",
+        ] {
+            m.ws_upgrade_rejected.with_label_values(&[reason]);
+        }
+        for path in ["live", "replay"] {
+            m.messages_delivered.with_label_values(&[path]);
+        }
+        for limit in [
+            "send_rate",
+            "message_size",
+            "body_size",
+            "ws_frame_size",
+            "group_members",
+            "connections",
+            "connections_per_user",
+            "header_timeout",
+            "replay",
+        ] {
+            m.limit_rejections.with_label_values(&[limit]);
+        }
         m
     }
 

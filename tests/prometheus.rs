@@ -538,6 +538,10 @@ async fn dashboard_and_rules_query_live_metrics() {
             .as_array()
             .map(|g| g.iter().flat_map(|g| g["rules"].as_array().into_iter().flatten()).collect())
             .unwrap_or_default();
+        // The rules Prometheus loaded are the ones this file's parser found.
+        let names: BTreeSet<&str> = loaded.iter().filter_map(|r| r["name"].as_str()).collect();
+        let parsed: BTreeSet<&str> = rules.iter().filter_map(|(n, _)| n.split_once(' ').map(|(_, n)| n)).collect();
+        assert!(loaded.is_empty() || names == parsed, "rules loaded {names:?}, parsed {parsed:?}");
         let healthy = loaded.len() == rules.len() && loaded.iter().all(|r| r["health"] == "ok");
         let fresh_scrapes = ups.len() == 2 && ups.iter().all(|s| value(s) > burst_end);
         if fresh_scrapes && scrapes.iter().all(|s| value(s) >= 8.0) && healthy {

@@ -87,10 +87,10 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         ),
         _ => ("unknown", Err(handlers::not_found_route())),
     };
-    if let Err(e) = &result {
-        if e.code == "body_too_large" {
-            state.metrics.limit_rejections.with_label_values(&["body_size"]).inc();
-        }
+    if let Err(e) = &result
+        && e.code == "body_too_large"
+    {
+        state.metrics.limit_rejections.with_label_values(&["body_size"]).inc();
     }
     let mut res = result.unwrap_or_else(ApiError::into_response);
     if state.lifecycle.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -83,6 +83,9 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     reader.abort();
     state.hub.detach(&handle);
     metrics.ws_connections.dec();
+    if state.lifecycle.is_draining() {
+        metrics.drain_sessions_remaining.set(state.hub.session_count() as i64);
+    }
     metrics.ws_disconnects.with_label_values(&[reason]).inc();
     tracing::info!(session = handle.id, user_id, reason, node = %state.node, "session disconnected");
 }

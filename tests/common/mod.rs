@@ -229,10 +229,10 @@ impl Drop for Proc {
 pub async fn wait_ready(admin: SocketAddr) {
     let api = Api::new(admin);
     for _ in 0..300 {
-        if let Ok((status, _)) = api.get("/readyz").await {
-            if status == 200 {
-                return;
-            }
+        if let Ok((status, _)) = api.get("/readyz").await
+            && status == 200
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
