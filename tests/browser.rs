@@ -41,9 +41,9 @@ async fn two_browsers_on_two_nodes_chat() {
         return;
     }
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
-    let n1 = common::Proc::spawn(&["--node-id".into(), "b1".into()], &env);
+    let mut n1 = common::Proc::spawn(&["--node-id".into(), "b1".into()], &env);
     n1.ready().await;
-    let n2 = common::Proc::spawn(&["--node-id".into(), "b2".into()], &env);
+    let mut n2 = common::Proc::spawn(&["--node-id".into(), "b2".into()], &env);
     n2.ready().await;
     scenario("tests/browser/chat.mjs", vec![format!("http://{}", n1.addr), format!("http://{}", n2.addr)]).await;
 }
@@ -59,12 +59,12 @@ async fn the_page_reconnects_across_a_drain() {
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
     // The config names three servers; the third stays down.
     let ports = [Ports::free(), Ports::free(), Ports::free()];
-    let nodes: Vec<_> = ["node1", "node2"]
+    let mut nodes: Vec<_> = ["node1", "node2"]
         .iter()
         .enumerate()
         .map(|(i, name)| fleet::node(name, &ports[i], &["--drain-timeout", "10"], &env))
         .collect();
-    for n in &nodes {
+    for n in &mut nodes {
         n.ready().await;
     }
     let hp = fleet::haproxy(&ports).await;

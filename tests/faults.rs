@@ -42,7 +42,7 @@ async fn fleet() -> Option<Fleet> {
     ];
     let mut nodes = Vec::new();
     for name in ["f1", "f2"] {
-        let node = Proc::spawn(&["--node-id".into(), name.into()], &env);
+        let mut node = Proc::spawn(&["--node-id".into(), name.into()], &env);
         node.ready().await;
         nodes.push(node);
     }

@@ -199,7 +199,7 @@ async fn a_rolling_restart_behind_haproxy_loses_nothing() {
     let args = |i: usize| vec!["--drain-close-rate", rates[i], "--drain-timeout", "30"];
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let n = fleet::node(names[i], &ports[i], &args(i), &env);
+        let mut n = fleet::node(names[i], &ports[i], &args(i), &env);
         n.ready().await;
         nodes.push(n);
     }

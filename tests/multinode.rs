@@ -31,8 +31,8 @@ async fn message(ws: &mut WsConn) -> serde_json::Value {
 async fn two_node_processes_deliver_to_each_other() {
     let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
-    let n1 = common::Proc::spawn(&["--node-id".into(), "n1".into()], &env);
-    let n2 = common::Proc::spawn(&["--node-id".into(), "n2".into()], &env);
+    let mut n1 = common::Proc::spawn(&["--node-id".into(), "n1".into()], &env);
+    let mut n2 = common::Proc::spawn(&["--node-id".into(), "n2".into()], &env);
     n1.ready().await;
     n2.ready().await;
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));

@@ -469,8 +469,8 @@ async fn dashboard_and_rules_query_live_metrics() {
             HEARTBEAT_TIMEOUT_MS.to_string(),
         ]
     };
-    let n1 = common::Proc::spawn(&args("prom-n1"), &env);
-    let n2 = common::Proc::spawn(&args("prom-n2"), &env);
+    let mut n1 = common::Proc::spawn(&args("prom-n1"), &env);
+    let mut n2 = common::Proc::spawn(&args("prom-n2"), &env);
     let Some(mut prom) = Prometheus::start(&[n1.admin, n2.admin]) else { return };
     n1.ready().await;
     n2.ready().await;

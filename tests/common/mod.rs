@@ -162,8 +162,20 @@ pub async fn users(api: &Api, n: usize) -> Vec<i64> {
     out
 }
 
+/// A port that is free now, below the kernel's ephemeral range (32768+), so the thousands of
+/// client sockets tests open can never take it before the node binds it. Ports are handed out
+/// from a per-process sequence starting at a random offset, so parallel tests differ too.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 100) as u16 * 100, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (port - 20_000) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A node as a child process of the real binary.
@@ -202,9 +214,21 @@ impl Proc {
         }
     }
 
-    /// Waits until /readyz answers 200.
-    pub async fn ready(&self) {
-        wait_ready(self.admin).await;
+    /// Waits until /readyz answers 200; fails at once if the process exited.
+    pub async fn ready(&mut self) {
+        let api = Api::new(self.admin);
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node {} exited with {status} before it was ready", self.addr);
+            }
+            if let Ok((status, _)) = api.get("/readyz").await
+                && status == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node at {} never became ready", self.admin);
     }
 
     pub fn signal(&self, sig: &str) {
@@ -224,17 +248,4 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub async fn wait_ready(admin: SocketAddr) {
-    let api = Api::new(admin);
-    for _ in 0..300 {
-        if let Ok((status, _)) = api.get("/readyz").await
-            && status == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node at {admin} never became ready");
 }
