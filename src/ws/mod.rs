@@ -1,6 +1,7 @@
 //! WebSocket endpoint `/ws/{user_id}`: checks the request before upgrading (bad id 400,
 //! unknown user 404, draining 503 + Retry-After), then runs a [`session`].
 
+mod coalesce;
 pub mod protocol;
 mod session;
 

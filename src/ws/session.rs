@@ -21,12 +21,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
+use super::coalesce::Coalesce;
 use super::protocol::{self, ClientFrame, close};
 use crate::app::AppState;
 use crate::hub::{Delivery, Outbound, SessionHandle};
 use crate::model::{MessageId, UserId, now_us};
 
 type Io = TokioIo<Upgraded>;
+
+/// Queued items handled per write before a flush.
+const BATCH: usize = 64;
 
 /// What the reader asks the writer to do.
 enum Control {
@@ -65,7 +69,10 @@ impl Recent {
 
 /// Runs a session on an upgraded connection until it closes.
 pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_mode: bool) {
-    let (read, write) = ws.split(tokio::io::split);
+    let (read, write) = ws.split(|io| {
+        let (read, write) = tokio::io::split(io);
+        (read, Coalesce::new(write))
+    });
     let (handle, queue) = SessionHandle::new(state.hub.next_session_id(), user_id, state.config.session_queue);
     let metrics = &state.metrics;
     metrics.ws_connects.inc();
@@ -75,8 +82,14 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     let acking = Arc::new(AtomicBool::new(ack_mode));
     let (control_tx, control_rx) = mpsc::channel(32);
     let reader = tokio::spawn(read_loop(read, control_tx, state.clone(), user_id, acking.clone()));
-    let mut writer =
-        Writer { ws: write, recent: Recent::default(), state: state.clone(), handle: handle.clone(), acking };
+    let mut writer = Writer {
+        ws: write,
+        recent: Recent::default(),
+        unflushed: Vec::new(),
+        state: state.clone(),
+        handle: handle.clone(),
+        acking,
+    };
     let reason = writer.run(queue, control_rx).await;
     // The reader may sit in read_frame; the session is over, so it is dropped mid-read and
     // never polled again.
@@ -91,8 +104,11 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
 }
 
 struct Writer {
-    ws: WebSocketWrite<WriteHalf<Io>>,
+    ws: WebSocketWrite<Coalesce<WriteHalf<Io>>>,
     recent: Recent,
+    /// Messages in the write buffer whose inbox entries go once a flush succeeds
+    /// (non-acking clients only).
+    unflushed: Vec<MessageId>,
     state: Arc<AppState>,
     handle: Arc<SessionHandle>,
     acking: Arc<AtomicBool>,
@@ -114,9 +130,13 @@ impl Writer {
                 () = self.handle.closed() => return self.close_requested(&mut control).await,
                 c = control.recv() => self.control(c.unwrap_or(Control::Gone)).await,
                 item = queue.recv() => match item {
-                    Some(item) => self.outbound(item).await.map(|()| None),
+                    Some(item) => self.outbound_batch(item, &mut queue).await.map(|()| None),
                     None => Ok(Some("error")),
                 },
+            };
+            let step = match step {
+                Ok(None) => self.flush().await.map(|()| None),
+                other => other,
             };
             match step {
                 Ok(None) => {}
@@ -150,6 +170,7 @@ impl Writer {
             protocol::hello(self.handle.id, &self.state.node, cfg.heartbeat_interval_ms, cfg.heartbeat_timeout_ms);
         self.send(&hello).await?;
         self.replay().await?;
+        self.flush().await?;
         Ok(!self.handle.is_closed())
     }
 
@@ -179,6 +200,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Handles `first` and whatever else is already queued (up to a bound), so a burst
+    /// leaves in one write at the next flush.
+    async fn outbound_batch(
+        &mut self,
+        first: Outbound,
+        queue: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), WebSocketError> {
+        self.outbound(first).await?;
+        for _ in 0..BATCH {
+            match queue.try_recv() {
+                Ok(item) => self.outbound(item).await?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
     async fn outbound(&mut self, item: Outbound) -> Result<(), WebSocketError> {
         match item {
             Outbound::Message(d) => self.deliver(&d).await,
@@ -200,10 +238,11 @@ impl Writer {
         Ok(())
     }
 
-    /// A frame reached the socket: for a client that never acks, that is delivery.
-    fn written(&self, message_id: MessageId, sender_id: UserId) {
+    /// A frame went into the write buffer. For a client that never acks, the flush that
+    /// hands it to the socket makes it delivered.
+    fn written(&mut self, message_id: MessageId, sender_id: UserId) {
         if !self.acking.load(Ordering::Relaxed) && sender_id != self.handle.user_id {
-            self.state.remover.remove(self.handle.user_id, message_id);
+            self.unflushed.push(message_id);
         }
     }
 
@@ -212,7 +251,11 @@ impl Writer {
             Control::HeartbeatAck => self.send(protocol::HEARTBEAT_ACK).await.map(|()| None),
             Control::Pong(payload) => self.ws.write_frame(Frame::pong(Payload::Owned(payload))).await.map(|()| None),
             Control::CloseEcho(payload) => {
-                let _ = self.ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await;
+                let echo = async {
+                    self.ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await?;
+                    self.ws.flush().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), echo).await;
                 Ok(Some("client_close"))
             }
             Control::Close(code) => {
@@ -259,16 +302,38 @@ impl Writer {
             _ => b"",
         };
         // Bounded, in case the peer stopped reading: a close must not hang the drain.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.write_frame(Frame::close(code, reason))).await;
+        let write = async {
+            self.ws.write_frame(Frame::close(code, reason)).await?;
+            self.ws.flush().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
     }
 
-    /// Writes a text frame, bounded by the write timeout.
+    /// Queues a text frame in the write buffer (bounded by the write timeout, in case the
+    /// buffer is full and must go out first).
     async fn send(&mut self, payload: &[u8]) -> Result<(), WebSocketError> {
-        let limit = Duration::from_millis(self.state.config.write_timeout_ms);
+        let limit = self.write_timeout();
         match tokio::time::timeout(limit, self.ws.write_frame(Frame::text(Payload::Borrowed(payload)))).await {
             Ok(res) => res,
             Err(_) => Err(WebSocketError::IoError(std::io::ErrorKind::TimedOut.into())),
         }
+    }
+
+    /// Sends the buffered frames, bounded by the write timeout: a client that stopped
+    /// reading must not pin its session.
+    async fn flush(&mut self) -> Result<(), WebSocketError> {
+        match tokio::time::timeout(self.write_timeout(), self.ws.flush()).await {
+            Ok(res) => res?,
+            Err(_) => return Err(WebSocketError::IoError(std::io::ErrorKind::TimedOut.into())),
+        }
+        for id in self.unflushed.drain(..) {
+            self.state.remover.remove(self.handle.user_id, id);
+        }
+        Ok(())
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.state.config.write_timeout_ms)
     }
 }
 
