@@ -105,15 +105,6 @@ pub fn authorize(state: &AppState, user: UserId, token: Option<&str>) -> Result<
 pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
     authorize(state, sender_id, f.text("token")?.or(bearer).as_deref())?;
-    if let Err(wait) = state.send_limiter.check(sender_id) {
-        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many messages; at most {} per second.", state.config.send_rate),
-        )
-        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
-    }
     let content = f.text("content")?.unwrap_or_default();
     if content.trim().is_empty() {
         return Err(ApiError::bad_request("empty_content", "`content` must not be empty."));
@@ -163,6 +154,16 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
             return Err(ApiError::not_found("user_not_found", format!("No user with id {sender_id}.")));
         }
         return Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", "The sender is not a member of this group."));
+    }
+    // Limited only once the sender is known to be a member, so unknown ids hold no bucket.
+    if let Err(wait) = state.send_limiter.check(sender_id) {
+        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many messages; at most {} per second.", state.config.send_rate),
+        )
+        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
     }
 
     let new = NewMessage { group_id, sender_id, content, client_msg_id, sent_at_ms: now_ms() };

@@ -233,7 +233,13 @@ impl Writer {
         let m = &self.state.metrics;
         m.messages_delivered.with_label_values(&["live"]).inc();
         m.delivery_latency.observe((now_us() - d.accepted_us).max(0) as f64 / 1e6);
-        tracing::debug!(message_id = d.message_id, group_id = d.group_id, user_id = self.handle.user_id, "delivered");
+        tracing::debug!(
+            message_id = d.message_id,
+            group_id = d.group_id,
+            user_id = self.handle.user_id,
+            node = %self.state.node,
+            "delivered"
+        );
         self.written(d.message_id, d.sender_id);
         Ok(())
     }

@@ -19,10 +19,6 @@ pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
 }
 
-pub fn now_ms() -> i64 {
-    now_us() / 1000
-}
-
 pub fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs: Result<Vec<SocketAddr>, _> = s.split(',').filter(|p| !p.is_empty()).map(str::parse).collect();
     let addrs = addrs.map_err(|e| format!("bad address list {s:?}: {e}"))?;
@@ -117,7 +113,7 @@ pub async fn setup_groups(api: &Api, groups: usize, size: usize, cache: Option<&
                 match api.register(&name).await {
                     Ok(id) => {
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n % 5000 == 0 {
+                        if n.is_multiple_of(5000) {
                             eprintln!("loadgen: registered {n}/{total}");
                         }
                         return Ok(id);
@@ -225,7 +221,9 @@ pub fn cpu_of(pid: u32) -> Option<f64> {
 }
 
 pub fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_else(|_| pid.to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| pid.to_string())
 }
 
 /// The whole machine's busy CPU seconds (all cores) and total seconds, from /proc/stat.
@@ -340,6 +338,9 @@ pub struct Count(Arc<AtomicU64>);
 impl Count {
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)

@@ -68,7 +68,12 @@ pub struct Opened {
 }
 
 /// Opens `path` (e.g. `/ws/42`) on `addr` from `source`, bounded by `within`.
-pub async fn open(addr: SocketAddr, source: Option<IpAddr>, path: &str, within: Duration) -> Result<Opened, ConnectError> {
+pub async fn open(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    path: &str,
+    within: Duration,
+) -> Result<Opened, ConnectError> {
     match tokio::time::timeout(within, open_inner(addr, source, path)).await {
         Ok(res) => res,
         Err(_) => Err(ConnectError::new("timeout", format!("no upgrade within {within:?}"))),
