@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
 use crate::backplane::{Backplane, BackplaneError, MemoryBackplane, MemoryBus, RedisBackplane};
+use crate::batch::Batcher;
 use crate::config::Config;
 use crate::http::{self, Listener};
 use crate::hub::Hub;
@@ -24,8 +25,16 @@ use crate::inbox::{self, Inbox, InboxError, Remover, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
-use crate::store::{Database, SqlStore, Store, StoreError};
+use crate::model::{Message, UserId};
+use crate::store::{Database, NewMessage, SqlStore, Store, StoreError};
 use crate::ws::protocol::close;
+
+/// Most messages (or inbox appends) written as one batch.
+const BATCH: usize = 256;
+/// Concurrent message-insert transactions; each holds a pooled connection while it writes.
+const STORE_WRITERS: usize = 4;
+/// Concurrent inbox append statements.
+const INBOX_WRITERS: usize = 2;
 
 /// Everything a request handler or session needs, shared by reference count.
 pub struct AppState {
@@ -40,6 +49,9 @@ pub struct AppState {
     /// Every WebSocket session task; the drain waits on it.
     pub sessions: TaskTracker,
     pub send_limiter: RateLimiter,
+    /// Group commit of message inserts and inbox appends from concurrent sends.
+    pub message_writes: Batcher<NewMessage, Result<(Message, bool), StoreError>>,
+    pub inbox_writes: Batcher<(Message, Vec<UserId>), Result<(), InboxError>>,
     /// Present in signed-token mode.
     pub tokens: Option<Tokens>,
 }
@@ -90,9 +102,27 @@ impl App {
         tokio::spawn(hub.clone().run(events_rx));
         let remover = Remover::spawn(inbox.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
+        let writer = store.clone();
+        let message_writes = Batcher::spawn(BATCH, STORE_WRITERS, move |batch| {
+            let writer = writer.clone();
+            async move { writer.insert_messages(batch).await }
+        });
+        let appender = inbox.clone();
+        let inbox_writes = Batcher::spawn(BATCH, INBOX_WRITERS, move |batch: Vec<(Message, Vec<UserId>)>| {
+            let appender = appender.clone();
+            async move {
+                let n = batch.len();
+                match appender.append_batch(&batch).await {
+                    Ok(()) => (0..n).map(|_| Ok(())).collect(),
+                    Err(e) => (0..n).map(|_| Err(InboxError::Batch(e.to_string()))).collect(),
+                }
+            }
+        });
         let tokens = config.token_secret.as_deref().map(Tokens::new);
         let state = AppState {
             send_limiter,
+            message_writes,
+            inbox_writes,
             tokens,
             config,
             node,

@@ -15,6 +15,7 @@
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
 //! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode.
+//! - [`batch`]: group commit of concurrent sends' store and inbox writes.
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`model`]: ids, users, groups, messages and their wire frame.
 //! - [`web`]: the embedded single-page client.
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod backplane;
+pub mod batch;
 pub mod checker;
 pub mod client;
 pub mod config;

@@ -137,6 +137,26 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(rest.last().map(|m| m.content.as_str()), Some(weird));
     assert_eq!(rest.last().map(|m| m.message_id), Some(w.message_id));
 
+    // A batch (group commit) across groups: one result per message, in order; a
+    // client_msg_id repeated inside the batch returns the first, a reused one is refused.
+    let batch = vec![
+        msg(g.group_id, alice.user_id, "b1", Some("batch-1")),
+        msg(big.group_id, carol.user_id, "b2", None),
+        msg(g.group_id, alice.user_id, "b1", Some("batch-1")),
+        msg(g.group_id, bob.user_id, "changed", Some("c-1")),
+        msg(big.group_id, bob.user_id, "b3", Some("batch-3")),
+    ];
+    let results = store.insert_messages(batch).await;
+    assert_eq!(results.len(), 5);
+    let first = results[0].as_ref().expect("b1");
+    assert!(first.1);
+    let again = results[2].as_ref().expect("b1 again");
+    assert_eq!((again.0.message_id, again.1), (first.0.message_id, false));
+    assert!(matches!(results[3], Err(StoreError::ClientMsgIdReused)));
+    let (b2, b3) = (results[1].as_ref().expect("b2"), results[4].as_ref().expect("b3"));
+    assert!(first.0.message_id < b2.0.message_id && b2.0.message_id < b3.0.message_id);
+    assert_eq!(b3.0.group_id, big.group_id);
+
     // Concurrent senders in one group: every id unique.
     let writers: Vec<_> = (0..8)
         .map(|i| {

@@ -71,7 +71,7 @@ impl From<StoreError> for ApiError {
                 "client_msg_id_reused",
                 "This client_msg_id was already used for a different message.",
             ),
-            StoreError::Unavailable(_) | StoreError::Migration(_) => {
+            StoreError::Unavailable(_) | StoreError::Migration(_) | StoreError::Closed => {
                 tracing::warn!(error = %e, "store unavailable");
                 Self::unavailable("store_unavailable", "The message store is unavailable; retry shortly.")
             }

@@ -11,8 +11,9 @@ use super::body::Fields;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::backplane::{Channel, Envelope};
+use crate::inbox::InboxError;
 use crate::model::{Group, GroupId, UserId, now_ms, now_us, rfc3339_millis};
-use crate::store::{NewMessage, Page};
+use crate::store::{NewMessage, Page, StoreError};
 use crate::ws::protocol;
 
 pub type Reply = Result<serde_json::Value, ApiError>;
@@ -167,9 +168,10 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
     }
 
     let new = NewMessage { group_id, sender_id, content, client_msg_id, sent_at_ms: now_ms() };
-    let (message, created) = state.store.insert_message(new).await?;
+    let (message, created) = state.message_writes.submit(new).await.unwrap_or(Err(StoreError::Closed))?;
     let recipients: Vec<UserId> = members.iter().copied().filter(|m| *m != sender_id).collect();
-    if let Err(e) = state.inbox.append(&message, &recipients).await {
+    let appended = state.inbox_writes.submit((message.clone(), recipients)).await;
+    if let Err(e) = appended.unwrap_or(Err(InboxError::Batch("shutting down".into()))) {
         if created {
             // Undo so that no half-sent message stays visible; a retry with the same
             // client_msg_id starts over.

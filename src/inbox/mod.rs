@@ -26,6 +26,9 @@ pub enum InboxError {
     Sql(#[from] sqlx::Error),
     #[error("inbox unavailable: {0}")]
     Mongo(#[from] mongodb::error::Error),
+    /// The batch this append was part of failed.
+    #[error("inbox unavailable: {0}")]
+    Batch(String),
 }
 
 /// How long entries live and how many a user may have pending.
@@ -37,9 +40,14 @@ pub struct Limits {
 
 #[async_trait]
 pub trait Inbox: Send + Sync {
-    /// Adds a pending entry of `message` for each recipient. Idempotent per (user, message),
-    /// so a retried send may call it again.
-    async fn append(&self, message: &Message, recipients: &[UserId]) -> Result<(), InboxError>;
+    /// Adds a pending entry of each message for each of its recipients, as one write (group
+    /// commit of concurrent sends). Idempotent per (user, message), so a retried send may
+    /// append again.
+    async fn append_batch(&self, batch: &[(Message, Vec<UserId>)]) -> Result<(), InboxError>;
+    /// One message: a batch of one.
+    async fn append(&self, message: &Message, recipients: &[UserId]) -> Result<(), InboxError> {
+        self.append_batch(&[(message.clone(), recipients.to_vec())]).await
+    }
     /// Up to `limit` unexpired pending messages of `user`, in id order.
     async fn pending(&self, user: UserId, limit: u32) -> Result<Vec<Message>, InboxError>;
     /// Removes delivered entries (batched by [`Remover`]).

@@ -77,27 +77,29 @@ fn message_from_doc(d: &Document) -> Option<Message> {
 
 #[async_trait]
 impl Inbox for MongoInbox {
-    async fn append(&self, m: &Message, recipients: &[UserId]) -> Result<(), InboxError> {
-        if recipients.is_empty() {
+    async fn append_batch(&self, batch: &[(Message, Vec<UserId>)]) -> Result<(), InboxError> {
+        let docs: Vec<Document> = batch
+            .iter()
+            .flat_map(|(m, users)| {
+                let expires = DateTime::from_millis(m.sent_at_ms + self.limits.ttl_ms);
+                users.iter().map(move |&user| {
+                    doc! {
+                        "_id": key(user, m.message_id),
+                        "user_id": user,
+                        "message_id": m.message_id,
+                        "group_id": m.group_id,
+                        "sender_id": m.sender_id,
+                        "content": &m.content,
+                        "sent_at_ms": m.sent_at_ms,
+                        "expires_at": expires,
+                    }
+                })
+            })
+            .collect();
+        if docs.is_empty() {
             return Ok(());
         }
         let _t = self.metrics.time_query("inbox_append");
-        let expires = DateTime::from_millis(m.sent_at_ms + self.limits.ttl_ms);
-        let docs: Vec<Document> = recipients
-            .iter()
-            .map(|&user| {
-                doc! {
-                    "_id": key(user, m.message_id),
-                    "user_id": user,
-                    "message_id": m.message_id,
-                    "group_id": m.group_id,
-                    "sender_id": m.sender_id,
-                    "content": &m.content,
-                    "sent_at_ms": m.sent_at_ms,
-                    "expires_at": expires,
-                }
-            })
-            .collect();
         match self.coll.insert_many(docs).ordered(false).await {
             Ok(_) => Ok(()),
             // Entries already there (a retried send) are what we wanted.

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Inbox, InboxError, Limits};
 use crate::metrics::Metrics;
 use crate::model::{Message, MessageId, UserId, now_ms};
-use crate::store::Database;
+use crate::store::{Database, retrying};
 
 /// Rows per multi-row statement; keeps each statement well under placeholder limits.
 const CHUNK: usize = 500;
@@ -27,29 +27,35 @@ impl SqlInbox {
 
 #[async_trait]
 impl Inbox for SqlInbox {
-    async fn append(&self, m: &Message, recipients: &[UserId]) -> Result<(), InboxError> {
+    async fn append_batch(&self, batch: &[(Message, Vec<UserId>)]) -> Result<(), InboxError> {
         let _t = self.metrics.time_query("inbox_append");
-        let expires = m.sent_at_ms + self.limits.ttl_ms;
-        // One statement per chunk: a single statement is atomic, so small groups never end
-        // up with half their entries written.
-        for chunk in recipients.chunks(CHUNK) {
+        let mut rows: Vec<(&Message, UserId)> =
+            batch.iter().flat_map(|(m, users)| users.iter().map(move |u| (m, *u))).collect();
+        // Key order, so concurrent batches take index locks in the same order.
+        rows.sort_unstable_by_key(|(m, user)| (*user, m.message_id));
+        // Multi-row statements; if a later chunk fails, the sender's compensation removes
+        // what earlier chunks wrote for its message.
+        for chunk in rows.chunks(CHUNK) {
             let sql = format!(
                 "{} INTO inbox (user_id, message_id, group_id, sender_id, content, sent_at_ms, expires_at_ms) VALUES {}",
                 self.db.dialect.insert_ignore(),
                 vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for user in chunk {
-                q = q
-                    .bind(*user)
-                    .bind(m.message_id)
-                    .bind(m.group_id)
-                    .bind(m.sender_id)
-                    .bind(&m.content)
-                    .bind(m.sent_at_ms)
-                    .bind(expires);
-            }
-            q.execute(&self.db.pool).await?;
+            retrying(|| {
+                let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+                for (m, user) in chunk {
+                    q = q
+                        .bind(*user)
+                        .bind(m.message_id)
+                        .bind(m.group_id)
+                        .bind(m.sender_id)
+                        .bind(&m.content)
+                        .bind(m.sent_at_ms)
+                        .bind(m.sent_at_ms + self.limits.ttl_ms);
+                }
+                q.execute(&self.db.pool)
+            })
+            .await?;
         }
         Ok(())
     }

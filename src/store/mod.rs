@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::model::{Group, GroupId, Message, MessageId, User, UserId};
 
+pub(crate) use sql::retrying;
 pub use sql::{Database, Dialect, SqlStore};
 
 #[derive(Debug, Error)]
@@ -27,6 +28,8 @@ pub enum StoreError {
     Unavailable(#[from] sqlx::Error),
     #[error("store migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("store writer stopped")]
+    Closed,
 }
 
 /// A message to persist. `client_msg_id` makes a retried send return the first result.
@@ -65,9 +68,17 @@ pub trait Store: Send + Sync {
     async fn group_members(&self, id: GroupId) -> Result<Option<Vec<UserId>>, StoreError>;
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>, StoreError>;
     async fn user_group_ids(&self, user: UserId) -> Result<Vec<GroupId>, StoreError>;
-    /// Persists a message; ids increase in commit order within a group. With a
-    /// `client_msg_id` already used by the sender, returns the stored message and `false`.
-    async fn insert_message(&self, message: NewMessage) -> Result<(Message, bool), StoreError>;
+    /// Persists a batch of messages in one transaction (group commit), one result per
+    /// message in order. Ids increase in commit order within a group. A `client_msg_id`
+    /// already used by the sender returns the stored message and `false`.
+    async fn insert_messages(&self, batch: Vec<NewMessage>) -> Vec<Result<(Message, bool), StoreError>>;
+    /// One message: a batch of one.
+    async fn insert_message(&self, message: NewMessage) -> Result<(Message, bool), StoreError> {
+        self.insert_messages(vec![message])
+            .await
+            .pop()
+            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::RowNotFound)))
+    }
     /// Removes a message whose inbox fan-out failed, so no half-sent message stays visible.
     async fn delete_message(&self, id: MessageId) -> Result<(), StoreError>;
     async fn messages(&self, group: GroupId, page: Page) -> Result<Vec<Message>, StoreError>;

@@ -1,6 +1,7 @@
 //! `Store` over sqlx's `Any` driver: one implementation for MySQL and SQLite. Statements
 //! use `?` placeholders, which both accept; the few that differ live in [`Dialect`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -70,6 +71,110 @@ impl SqlStore {
         &self.db.pool
     }
 
+    /// Messages already stored under these (sender, client_msg_id) keys.
+    async fn stored_by_client_id(
+        &self,
+        keys: &[(UserId, &str)],
+    ) -> Result<HashMap<(UserId, String), Message>, sqlx::Error> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(200) {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS}, client_msg_id FROM messages WHERE {}",
+                vec!["(sender_id = ? AND client_msg_id = ?)"; chunk.len()].join(" OR ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (sender, client_id) in chunk {
+                q = q.bind(*sender).bind(*client_id);
+            }
+            for row in q.fetch_all(self.pool()).await? {
+                let m = message_from_row(&row)?;
+                found.insert((m.sender_id, row.try_get::<String, _>("client_msg_id")?), m);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes a batch in one transaction. Ids increase in commit order within each group: on
+    /// MySQL the batch first locks its groups' rows (in id order, so concurrent batches cannot
+    /// deadlock); SQLite has a single writer. A retried `client_msg_id` returns the stored
+    /// message, also when the first attempt is in the same batch.
+    async fn write_batch(&self, batch: &[NewMessage]) -> Result<Vec<Result<(Message, bool), StoreError>>, sqlx::Error> {
+        let key = |m: &NewMessage| m.client_msg_id.as_ref().map(|c| (m.sender_id, c.clone()));
+        let keys: Vec<(UserId, &str)> =
+            batch.iter().filter_map(|m| m.client_msg_id.as_deref().map(|c| (m.sender_id, c))).collect();
+        let mut known = if keys.is_empty() { HashMap::new() } else { self.stored_by_client_id(&keys).await? };
+        let same = |found: &Message, m: &NewMessage| {
+            if found.group_id == m.group_id && found.content == m.content {
+                Ok((found.clone(), false))
+            } else {
+                Err(StoreError::ClientMsgIdReused)
+            }
+        };
+        let mut results: Vec<Option<Result<(Message, bool), StoreError>>> = Vec::with_capacity(batch.len());
+        let mut tx = self.pool().begin().await?;
+        if self.db.dialect == Dialect::MySql {
+            let mut groups: Vec<GroupId> = batch.iter().map(|m| m.group_id).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            let sql =
+                format!("SELECT id FROM `groups` WHERE id IN ({}) ORDER BY id FOR UPDATE", placeholders(groups.len()));
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for g in &groups {
+                q = q.bind(*g);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for m in batch {
+            if let Some(found) = key(m).and_then(|k| known.get(&k)) {
+                results.push(Some(same(found, m)));
+                continue;
+            }
+            let res = sqlx::query(
+                "INSERT INTO messages (group_id, sender_id, content, sent_at_ms, client_msg_id) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(m.group_id)
+            .bind(m.sender_id)
+            .bind(&m.content)
+            .bind(m.sent_at_ms)
+            .bind(&m.client_msg_id)
+            .execute(&mut *tx)
+            .await;
+            match res {
+                Ok(done) => {
+                    let message = Message {
+                        message_id: inserted_id(&done, &mut tx).await?,
+                        group_id: m.group_id,
+                        sender_id: m.sender_id,
+                        content: m.content.clone(),
+                        sent_at_ms: m.sent_at_ms,
+                    };
+                    if let Some(k) = key(m) {
+                        known.insert(k, message.clone());
+                    }
+                    results.push(Some(Ok((message, true))));
+                }
+                // A concurrent retry on another connection won; read it after the commit.
+                Err(e) if is_unique_violation(&e) => results.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (m, result) in batch.iter().zip(results) {
+            out.push(match result {
+                Some(r) => r,
+                None => {
+                    let (sender, client_id) = (m.sender_id, m.client_msg_id.as_deref().unwrap_or_default());
+                    match self.stored_by_client_id(&[(sender, client_id)]).await?.into_values().next() {
+                        Some(found) => same(&found, m),
+                        None => Err(StoreError::Unavailable(sqlx::Error::RowNotFound)),
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
         let sql = format!("SELECT id FROM users WHERE id IN ({})", placeholders(ids.len()));
         let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -109,6 +214,27 @@ async fn inserted_id(done: &AnyQueryResult, conn: &mut AnyConnection) -> Result<
     match done.last_insert_id() {
         Some(id) => Ok(id),
         None => sqlx::query("SELECT last_insert_rowid()").fetch_one(conn).await?.try_get(0),
+    }
+}
+
+/// A deadlock or serialization failure: the transaction was rolled back and can simply run
+/// again (concurrent group-commit batches may collide in InnoDB's index locks).
+pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40001") || db.message().contains("Deadlock"))
+}
+
+/// Runs `attempt` again (up to three times in all) while it fails with a retryable error.
+pub(crate) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if is_retryable(&e) && tries < 2 => tries += 1,
+            other => return other,
+        }
     }
 }
 
@@ -284,71 +410,15 @@ impl Store for SqlStore {
         Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
-    async fn insert_message(&self, m: NewMessage) -> Result<(Message, bool), StoreError> {
-        let _t = self.metrics.time_query("insert_message");
-        let existing = || async {
-            let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?");
-            let row = sqlx::query(AssertSqlSafe(sql))
-                .bind(m.sender_id)
-                .bind(&m.client_msg_id)
-                .fetch_optional(self.pool())
-                .await?;
-            match row {
-                Some(r) => {
-                    let found = message_from_row(&r)?;
-                    if found.group_id != m.group_id || found.content != m.content {
-                        return Err(StoreError::ClientMsgIdReused);
-                    }
-                    Ok(Some(found))
-                }
-                None => Ok(None),
+    async fn insert_messages(&self, batch: Vec<NewMessage>) -> Vec<Result<(Message, bool), StoreError>> {
+        let _t = self.metrics.time_query("insert_messages");
+        match retrying(|| self.write_batch(&batch)).await {
+            Ok(results) => results,
+            // The whole transaction failed: every message in it gets the error.
+            Err(e) => {
+                batch.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::Protocol(e.to_string())))).collect()
             }
-        };
-        if m.client_msg_id.is_some()
-            && let Some(found) = existing().await?
-        {
-            return Ok((found, false));
         }
-        let mut tx = self.pool().begin().await?;
-        if self.db.dialect == Dialect::MySql {
-            // Serialize writers of one group so that ids increase in commit order within it.
-            // (SQLite has a single writer already.)
-            sqlx::query("SELECT id FROM `groups` WHERE id = ? FOR UPDATE").bind(m.group_id).execute(&mut *tx).await?;
-        }
-        let res = sqlx::query(
-            "INSERT INTO messages (group_id, sender_id, content, sent_at_ms, client_msg_id) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(m.group_id)
-        .bind(m.sender_id)
-        .bind(&m.content)
-        .bind(m.sent_at_ms)
-        .bind(&m.client_msg_id)
-        .execute(&mut *tx)
-        .await;
-        let done = match res {
-            Ok(done) => done,
-            Err(e) if is_unique_violation(&e) => {
-                // A concurrent retry with the same client_msg_id won the race.
-                tx.rollback().await?;
-                return match existing().await? {
-                    Some(found) => Ok((found, false)),
-                    None => Err(StoreError::Unavailable(e)),
-                };
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let message_id = inserted_id(&done, &mut tx).await?;
-        tx.commit().await?;
-        Ok((
-            Message {
-                message_id,
-                group_id: m.group_id,
-                sender_id: m.sender_id,
-                content: m.content,
-                sent_at_ms: m.sent_at_ms,
-            },
-            true,
-        ))
     }
 
     async fn delete_message(&self, id: MessageId) -> Result<(), StoreError> {

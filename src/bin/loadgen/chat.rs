@@ -53,12 +53,15 @@ struct Stats {
     online: AtomicUsize,
     /// Sends scheduled before this (unix us) are warm-up and not measured.
     measure_from: AtomicI64,
+    /// This run's first scheduled send (unix us).
+    run_start: AtomicI64,
 }
 
 pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
     let o = Arc::new(opts);
     let stats = Arc::new(Stats::default());
     stats.measure_from.store(i64::MAX, Ordering::Relaxed);
+    stats.run_start.store(now_us(), Ordering::Relaxed);
     let checker = Checker::new();
     let stop = CancellationToken::new();
     // Receivers first; sends start once every one of them said hello.
@@ -385,13 +388,18 @@ async fn receiver(
                             if o.ack {
                                 acks.lock().unwrap_or_else(|p| p.into_inner()).push(id);
                             }
-                            s.deliveries.add(1);
                             let mut parts = f.content.as_deref().unwrap_or("").split(' ');
-                            if parts.next() == Some("lg")
-                                && let (Some(Ok(sched)), Some(Ok(start))) =
-                                    (parts.next().map(str::parse::<i64>), parts.next().map(str::parse::<i64>))
-                                && sched >= s.measure_from.load(Ordering::Relaxed)
-                            {
+                            let (Some("lg"), Some(Ok(sched)), Some(Ok(start))) =
+                                (parts.next(), parts.next().map(str::parse::<i64>), parts.next().map(str::parse::<i64>))
+                            else {
+                                continue;
+                            };
+                            // Replays of earlier runs (same users, inbox kept) are not this run's.
+                            if sched < s.run_start.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            s.deliveries.add(1);
+                            if sched >= s.measure_from.load(Ordering::Relaxed) {
                                 s.delivery.record((now - start).max(0) as u64);
                                 s.from_schedule.record((now - sched).max(0) as u64);
                                 s.deliveries_measured.add(1);
