@@ -57,14 +57,20 @@ pub struct SqlStore {
     /// is no API to add or remove members), so the cache needs no invalidation; it is only
     /// bounded.
     members: DashMap<GroupId, Arc<[UserId]>>,
+    /// Users already read (users are never renamed or deleted): a reconnect storm checks its
+    /// users without the database.
+    users: DashMap<UserId, User>,
 }
+
+/// Users kept in memory before the cache starts over.
+const USER_CACHE: usize = 200_000;
 
 /// Groups whose members are kept in memory before the cache starts over.
 const MEMBER_CACHE_GROUPS: usize = 100_000;
 
 impl SqlStore {
     pub fn new(db: Database, metrics: Arc<Metrics>) -> Self {
-        Self { db, metrics, members: DashMap::new() }
+        Self { db, metrics, members: DashMap::new(), users: DashMap::new() }
     }
 
     fn pool(&self) -> &AnyPool {
@@ -271,13 +277,19 @@ impl Store for SqlStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        if let Some(user) = self.users.get(&id) {
+            return Ok(Some(user.clone()));
+        }
         let _t = self.metrics.time_query("get_user");
         let row =
             sqlx::query("SELECT id, username FROM users WHERE id = ?").bind(id).fetch_optional(self.pool()).await?;
-        Ok(match row {
-            Some(r) => Some(User { user_id: r.try_get(0)?, username: r.try_get(1)? }),
-            None => None,
-        })
+        let Some(r) = row else { return Ok(None) };
+        let user = User { user_id: r.try_get(0)?, username: r.try_get(1)? };
+        if self.users.len() >= USER_CACHE {
+            self.users.clear();
+        }
+        self.users.insert(id, user.clone());
+        Ok(Some(user))
     }
 
     async fn create_group(
