@@ -89,17 +89,25 @@ impl Api {
 
     /// Sends a request and returns status and JSON body (Null when the body is not JSON).
     pub async fn request(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Value), ClientError> {
+        self.request_with_headers(req).await.map(|(status, _, body)| (status, body))
+    }
+
+    /// Like `request`, with the response headers (Retry-After and friends).
+    pub async fn request_with_headers(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Value), ClientError> {
         let mut sender = self.sender().await?;
         sender.ready().await?;
         let res = sender.send_request(req).await?;
-        let status = res.status();
-        let body = res.into_body().collect().await?.to_bytes();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?.to_bytes();
         if sender.is_ready()
             && let Ok(mut pool) = self.pool.lock()
         {
             pool.push(sender);
         }
-        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+        Ok((parts.status, parts.headers, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Result<(StatusCode, Value), ClientError> {

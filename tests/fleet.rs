@@ -75,13 +75,9 @@ async fn a_draining_node_refuses_upgrades_turns_unready_and_keeps_serving() {
         .header("sec-websocket-version", "13")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("req");
-    let stream = TcpStream::connect(node.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    let res = sender.send_request(raw).await.expect("send");
-    assert_eq!(res.status(), 503);
-    assert!(res.headers().get("retry-after").is_some(), "no Retry-After");
+    let (status, headers, _) = node.api().request_with_headers(raw).await.expect("upgrade");
+    assert_eq!(status, 503);
+    assert!(headers.get("retry-after").is_some(), "no Retry-After");
     // REST still works while draining.
     let (status, _) = node.api().get(&format!("/users/{}/groups", users[0])).await.expect("rest");
     assert_eq!(status, 200);

@@ -41,13 +41,9 @@ async fn send_rate_limit_answers_429_with_retry_after() {
         .header("content-type", "application/x-www-form-urlencoded")
         .body(http_body_util::Full::new(bytes::Bytes::from(format!("sender_id={}&group_id={g}&content=over", u[0]))))
         .expect("req");
-    let stream = tokio::net::TcpStream::connect(node.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    let res = sender.send_request(req).await.expect("send");
-    assert_eq!(res.status(), 429);
-    assert!(res.headers().get("retry-after").is_some(), "429 without Retry-After");
+    let (status, headers, _) = api.request_with_headers(req).await.expect("send");
+    assert_eq!(status, 429);
+    assert!(headers.get("retry-after").is_some(), "429 without Retry-After");
     // Others are not affected, and the user gets a token back after 1/rate.
     let g2 = api.create_group(u[1], &[u[2]]).await.expect("group");
     assert_eq!(api.send(u[1], g2, "other user", None).await.expect("send").0, 200);
