@@ -196,10 +196,10 @@ async fn slowloris_connections_are_cut_and_others_are_served() {
         let mut eof = 0;
         for s in &mut slow {
             let mut buf = [0u8; 64];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
-                if n == 0 || buf.starts_with(b"HTTP/1.1 408") {
-                    eof += 1;
-                }
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await
+                && (n == 0 || buf.starts_with(b"HTTP/1.1 408"))
+            {
+                eof += 1;
             }
         }
         eof
