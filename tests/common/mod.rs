@@ -168,7 +168,8 @@ pub async fn users(api: &Api, n: usize) -> Vec<i64> {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 100) as u16 * 100, Ordering::SeqCst, Ordering::SeqCst);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 100) as u16 * 100, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = 20_000 + (port - 20_000) % 12_000;
