@@ -95,7 +95,7 @@ impl App {
         };
         let (events_tx, events_rx) = mpsc::channel(4096);
         let backplane: Arc<dyn Backplane> = match &config.redis_url {
-            Some(url) => Arc::new(RedisBackplane::connect(url, events_tx, metrics.clone())?),
+            Some(url) => Arc::new(RedisBackplane::connect(url, &config.channel_prefix, events_tx, metrics.clone())?),
             None => Arc::new(MemoryBackplane::new(shared.bus.unwrap_or_default(), events_tx)),
         };
         let hub = Hub::new(backplane, metrics.clone());

@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis channel name, so deployments sharing one Redis stay apart
+    /// (empty: the seed's `group:{id}` and `user:{id}`).
+    #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
+    pub channel_prefix: String,
+
     /// Offline inbox: `mongodb://host:port/db`; unset means a table in the store's database.
     #[arg(long, env = "MONGODB_URL")]
     pub mongodb_url: Option<String>,

@@ -24,6 +24,19 @@ async fn next_payload(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Optio
     }
 }
 
+/// Waits (up to 10 s) for the next `Resynced`.
+async fn resynced(rx: &mut mpsc::Receiver<Event>) -> bool {
+    let wait = async {
+        while let Some(event) = rx.recv().await {
+            if matches!(event, Event::Resynced) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or(false)
+}
+
 fn random_id() -> i64 {
     use rand::RngExt;
     rand::rng().random_range(1_000_000..i64::MAX / 2)
@@ -82,7 +95,8 @@ fn memory_pair() -> (Node, Node) {
 
 fn redis_node(url: &str) -> Node {
     let (tx, rx) = mpsc::channel(1024);
-    let b: Arc<dyn Backplane> = Arc::new(RedisBackplane::connect(url, tx, Arc::new(Metrics::new("t"))).expect("redis"));
+    let b: Arc<dyn Backplane> =
+        Arc::new(RedisBackplane::connect(url, "conformance:", tx, Arc::new(Metrics::new("t"))).expect("redis"));
     (b, rx)
 }
 
@@ -108,20 +122,14 @@ async fn redis_backplane_resubscribes_after_a_lost_connection() {
     let g = Channel::Group(random_id());
     b.subscribe(g);
     b.barrier().await;
+    // The first connect also says Resynced (sessions may have arrived before it).
+    assert!(resynced(&mut b_rx).await, "no Resynced after the first connect");
     let client = redis::Client::open(url.as_str()).expect("client");
     let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
     let killed: i64 =
         redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.expect("client kill");
     assert!(killed >= 1);
-    let resynced = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Event::Resynced) = b_rx.recv().await {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(resynced.is_ok(), "no Resynced after the pub/sub connection was killed");
+    assert!(resynced(&mut b_rx).await, "no Resynced after the pub/sub connection was killed");
     a.publish(g, Bytes::from_static(b"after")).await.expect("publish");
     assert_eq!(
         next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),

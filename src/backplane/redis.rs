@@ -23,6 +23,22 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle pub/sub connection is pinged to notice a half-open socket.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
+/// Channel names on Redis: the configured prefix, then `group:{id}` or `user:{id}`.
+#[derive(Clone)]
+struct Names {
+    prefix: Arc<str>,
+}
+
+impl Names {
+    fn name(&self, channel: Channel) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+
+    fn parse(&self, name: &str) -> Option<Channel> {
+        Channel::parse(name.strip_prefix(&*self.prefix)?)
+    }
+}
+
 enum Command {
     Subscribe(Channel),
     Unsubscribe(Channel),
@@ -30,6 +46,7 @@ enum Command {
 }
 
 pub struct RedisBackplane {
+    names: Names,
     publisher: ConnectionManager,
     commands: mpsc::UnboundedSender<Command>,
     stop: CancellationToken,
@@ -38,7 +55,13 @@ pub struct RedisBackplane {
 impl RedisBackplane {
     /// Validates the URL and starts the subscriber task. Does not wait for Redis: a node can
     /// start while Redis is down and catches up (Resynced) when it returns.
-    pub fn connect(url: &str, events: mpsc::Sender<Event>, metrics: Arc<Metrics>) -> Result<Self, BackplaneError> {
+    /// `prefix` namespaces every channel name, so deployments sharing one Redis stay apart.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        events: mpsc::Sender<Event>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BackplaneError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
@@ -48,8 +71,10 @@ impl RedisBackplane {
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let (commands, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        tokio::spawn(Subscriber { client, events, metrics, wanted: HashSet::new() }.run(rx, stop.clone()));
-        Ok(Self { publisher, commands, stop })
+        let names = Names { prefix: prefix.into() };
+        let subscriber = Subscriber { client, names: names.clone(), events, metrics, wanted: HashSet::new() };
+        tokio::spawn(subscriber.run(rx, stop.clone()));
+        Ok(Self { names, publisher, commands, stop })
     }
 }
 
@@ -63,7 +88,7 @@ impl Drop for RedisBackplane {
 impl Backplane for RedisBackplane {
     async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError> {
         let mut conn = self.publisher.clone();
-        let cmd = redis::cmd("PUBLISH").arg(channel.to_string()).arg(payload.as_ref()).to_owned();
+        let cmd = redis::cmd("PUBLISH").arg(self.names.name(channel)).arg(payload.as_ref()).to_owned();
         match tokio::time::timeout(IO_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
             Ok(res) => res.map(|_| ()).map_err(Into::into),
             Err(_) => Err(BackplaneError::Timeout),
@@ -96,6 +121,7 @@ impl Backplane for RedisBackplane {
 
 struct Subscriber {
     client: redis::Client,
+    names: Names,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     /// Every channel this node wants, whether or not Redis currently has it.
@@ -135,7 +161,7 @@ impl Subscriber {
                     continue;
                 }
             };
-            let all: Vec<String> = self.wanted.iter().map(Channel::to_string).collect();
+            let all: Vec<String> = self.wanted.iter().map(|c| self.names.name(*c)).collect();
             if !all.is_empty() && subscribe_all(&mut sink, &all).await.is_err() {
                 continue;
             }
@@ -145,11 +171,13 @@ impl Subscriber {
             if connected_before {
                 self.metrics.backplane_reconnects.inc();
                 tracing::info!(channels = all.len(), "redis pub/sub reconnected and resubscribed");
-                if self.events.send(Event::Resynced).await.is_err() {
-                    return;
-                }
             }
             connected_before = true;
+            // Also after the first connect: sessions that arrived before it were released
+            // without a subscription, and must replay what was published meanwhile.
+            if self.events.send(Event::Resynced).await.is_err() {
+                return;
+            }
 
             let mut ping = tokio::time::interval(PING_EVERY);
             ping.reset();
@@ -158,7 +186,7 @@ impl Subscriber {
                     () = stop.cancelled() => return,
                     msg = stream.next() => {
                         let Some(msg) = msg else { break };
-                        let Some(channel) = Channel::parse(msg.get_channel_name()) else { continue };
+                        let Some(channel) = self.names.parse(msg.get_channel_name()) else { continue };
                         self.metrics.backplane_received.inc();
                         let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                         if self.events.send(Event::Payload { channel, payload }).await.is_err() {
@@ -214,15 +242,17 @@ impl Subscriber {
         for cmd in batch {
             match cmd {
                 Command::Subscribe(c) => {
-                    unsubs.retain(|n| *n != c.to_string());
+                    let name = self.names.name(c);
+                    unsubs.retain(|n| *n != name);
                     if self.wanted.insert(c) {
-                        subs.push(c.to_string());
+                        subs.push(name);
                     }
                 }
                 Command::Unsubscribe(c) => {
-                    subs.retain(|n| *n != c.to_string());
+                    let name = self.names.name(c);
+                    subs.retain(|n| *n != name);
                     if self.wanted.remove(&c) {
-                        unsubs.push(c.to_string());
+                        unsubs.push(name);
                     }
                 }
                 Command::Barrier(done) => {

@@ -3,7 +3,7 @@
 
 import { chromium } from "playwright-core";
 
-export const TIMEOUT = 10_000;
+export const TIMEOUT = 20_000;
 
 export const tally = { passed: 0, failed: 0 };
 

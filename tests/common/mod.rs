@@ -139,6 +139,12 @@ pub async fn start(args: &[&str], shared: Shared) -> Node {
     let mut all =
         vec!["--node-id", "test", "--drain-timeout", "5", "--send-rate", "1000000", "--send-burst", "1000000"];
     all.extend_from_slice(args);
+    // Tests share one Redis; a fresh database's name keeps each test's channels apart.
+    let db = args.iter().position(|a| *a == "--database-url").and_then(|i| args.get(i + 1));
+    let prefix = db.map(|db| format!("{}:", db.rsplit('/').next().unwrap_or("")));
+    if let Some(prefix) = &prefix {
+        all.extend(["--channel-prefix", prefix.as_str()]);
+    }
     let config = Config::from_args(all).expect("test config parses");
     config.validate().expect("test config is valid");
     let app = App::build_with(config, shared).await.expect("node builds");
@@ -197,6 +203,11 @@ impl Proc {
 
     pub fn spawn_on(port: u16, admin: u16, args: &[String], envs: &[(String, String)]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        // Tests share one Redis; the nodes of one test share a fresh database, whose name
+        // keeps their channels apart from other tests'.
+        if let Some((_, db)) = envs.iter().find(|(k, _)| k == "DATABASE_URL") {
+            cmd.arg("--channel-prefix").arg(format!("{}:", db.rsplit('/').next().unwrap_or("")));
+        }
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-listen")

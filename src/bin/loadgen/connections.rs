@@ -300,13 +300,18 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = node_rss(o.node_pid, o.admin.first().copied()).await;
     let conns1 = node_connections(&o.admin).await;
+    // RSS is of one node (--node-pid, else the first --admin): divide by that node's sessions.
+    let on_node = match o.admin.first() {
+        Some(a) if o.admin.len() > 1 => node_connections(&[*a]).await.map_or(ok, |c| c as u64),
+        _ => ok,
+    };
     let per_conn = match (rss0, rss1) {
-        (Some(a), Some(b)) if ok > 0 => Some((b.saturating_sub(a)) as f64 / ok as f64),
+        (Some(a), Some(b)) if on_node > 0 => Some((b.saturating_sub(a)) as f64 / on_node as f64),
         _ => None,
     };
     if let (Some(a), Some(b)) = (rss0, rss1) {
         println!(
-            "  node RSS {:.1} MiB idle -> {:.1} MiB with {ok} sessions: {:.0} bytes/connection",
+            "  node RSS {:.1} MiB idle -> {:.1} MiB with {on_node} sessions: {:.0} bytes/connection",
             mib(a),
             mib(b),
             per_conn.unwrap_or(0.0)
