@@ -70,19 +70,8 @@ pub struct App {
     state: Arc<AppState>,
 }
 
-/// Backends for an in-process test fleet: nodes built with the same bus share an
-/// in-process backplane, as nodes sharing a Redis do.
-#[derive(Clone, Default)]
-pub struct Shared {
-    pub bus: Option<MemoryBus>,
-}
-
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
-        Self::build_with(config, Shared::default()).await
-    }
-
-    pub async fn build_with(config: Config, shared: Shared) -> Result<App, StartError> {
         let node = config.node_name();
         let metrics = Arc::new(Metrics::new(&node));
         metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
@@ -96,7 +85,7 @@ impl App {
         let (events_tx, events_rx) = mpsc::channel(4096);
         let backplane: Arc<dyn Backplane> = match &config.redis_url {
             Some(url) => Arc::new(RedisBackplane::connect(url, &config.channel_prefix, events_tx, metrics.clone())?),
-            None => Arc::new(MemoryBackplane::new(shared.bus.unwrap_or_default(), events_tx)),
+            None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events_tx)),
         };
         let hub = Hub::new(backplane, metrics.clone());
         tokio::spawn(hub.clone().run(events_rx));

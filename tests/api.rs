@@ -4,7 +4,6 @@
 mod common;
 
 use serde_json::{Value, json};
-use switchboard::app::Shared;
 use switchboard::client::Api;
 
 fn assert_error(res: (hyper::StatusCode, Value), status: u16, code: &str) {
@@ -219,7 +218,7 @@ async fn api_on_the_embedded_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_on_mysql_and_redis() {
     let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
-    let node = common::start(&["--database-url", &db, "--redis-url", &redis], Shared::default()).await;
+    let node = common::start(&["--database-url", &db, "--redis-url", &redis]).await;
     suite(node.api()).await;
     node.stop().await;
 }

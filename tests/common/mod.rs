@@ -16,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::app::Shared;
 use switchboard::client::Api;
 use switchboard::lifecycle::Lifecycle;
 use switchboard::{App, AppState, Config};
@@ -128,13 +127,13 @@ pub async fn embedded(extra: &[&str]) -> Node {
     let (url, dir) = sqlite_url();
     let mut args = vec!["--database-url", url.as_str()];
     args.extend_from_slice(extra);
-    let mut node = start(&args, Shared::default()).await;
+    let mut node = start(&args).await;
     node._dir = Some(dir);
     node
 }
 
 /// Starts a node with these flags on ephemeral ports.
-pub async fn start(args: &[&str], shared: Shared) -> Node {
+pub async fn start(args: &[&str]) -> Node {
     // Tests send in bursts; the rate limit has its own tests.
     let mut all =
         vec!["--node-id", "test", "--drain-timeout", "5", "--send-rate", "1000000", "--send-burst", "1000000"];
@@ -147,7 +146,7 @@ pub async fn start(args: &[&str], shared: Shared) -> Node {
     }
     let config = Config::from_args(all).expect("test config parses");
     config.validate().expect("test config is valid");
-    let app = App::build_with(config, shared).await.expect("node builds");
+    let app = App::build(config).await.expect("node builds");
     let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let agent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
