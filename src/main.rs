@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let bind = |addr| async move { TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}")) };
+    let bind = |addr| async move { listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}")) };
     let listeners = async {
         let public = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
@@ -85,6 +85,15 @@ async fn run(config: Config) -> ExitCode {
     });
     app.run(public, Some(admin), agent).await;
     ExitCode::SUCCESS
+}
+
+/// Binds with a deep accept backlog: the default 128 overflows in a reconnect storm, and each
+/// overflow costs the client a one-second SYN retransmission.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn wait_for_signal() {

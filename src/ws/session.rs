@@ -81,7 +81,8 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
 
     let acking = Arc::new(AtomicBool::new(ack_mode));
     let (control_tx, control_rx) = mpsc::channel(32);
-    let reader = tokio::spawn(read_loop(read, control_tx, state.clone(), user_id, acking.clone()));
+    let (live_tx, live) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(read_loop(read, control_tx, live, state.clone(), user_id, acking.clone()));
     let mut writer = Writer {
         ws: write,
         recent: Recent::default(),
@@ -89,6 +90,7 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
         state: state.clone(),
         handle: handle.clone(),
         acking,
+        live: Some(live_tx),
     };
     let reason = writer.run(queue, control_rx).await;
     // The reader may sit in read_frame; the session is over, so it is dropped mid-read and
@@ -109,6 +111,9 @@ struct Writer {
     /// Messages in the write buffer whose inbox entries go once a flush succeeds
     /// (non-acking clients only).
     unflushed: Vec<MessageId>,
+    /// Fired once `hello` is out: the client's heartbeat clock starts there, so a slow
+    /// session setup (a storm, a slow backend) is not mistaken for a silent client.
+    live: Option<tokio::sync::oneshot::Sender<()>>,
     state: Arc<AppState>,
     handle: Arc<SessionHandle>,
     acking: Arc<AtomicBool>,
@@ -169,6 +174,9 @@ impl Writer {
         let hello =
             protocol::hello(self.handle.id, &self.state.node, cfg.heartbeat_interval_ms, cfg.heartbeat_timeout_ms);
         self.send(&hello).await?;
+        if let Some(live) = self.live.take() {
+            let _ = live.send(());
+        }
         self.replay().await?;
         self.flush().await?;
         Ok(!self.handle.is_closed())
@@ -346,10 +354,16 @@ impl Writer {
 async fn read_loop(
     mut ws: WebSocketRead<ReadHalf<Io>>,
     control: mpsc::Sender<Control>,
+    live: tokio::sync::oneshot::Receiver<()>,
     state: Arc<AppState>,
     user_id: UserId,
     acking: Arc<AtomicBool>,
 ) {
+    // Nothing is read before `hello`; early frames wait in the socket. If the writer gives
+    // up before hello, the session is ending anyway.
+    if live.await.is_err() {
+        return;
+    }
     ws.set_auto_pong(false);
     // fastwebsockets refuses payloads >= its limit; ours is the largest payload allowed.
     ws.set_max_message_size(state.config.max_frame_bytes + 1);

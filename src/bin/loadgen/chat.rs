@@ -389,9 +389,11 @@ async fn receiver(
                                 acks.lock().unwrap_or_else(|p| p.into_inner()).push(id);
                             }
                             let mut parts = f.content.as_deref().unwrap_or("").split(' ');
-                            let (Some("lg"), Some(Ok(sched)), Some(Ok(start))) =
-                                (parts.next(), parts.next().map(str::parse::<i64>), parts.next().map(str::parse::<i64>))
-                            else {
+                            let (Some("lg"), Some(Ok(sched)), Some(Ok(start))) = (
+                                parts.next(),
+                                parts.next().map(str::parse::<i64>),
+                                parts.next().map(str::parse::<i64>),
+                            ) else {
                                 continue;
                             };
                             // Replays of earlier runs (same users, inbox kept) are not this run's.
