@@ -1,5 +1,6 @@
 //! The inbox as a table (`inbox`) in the store's database.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Inbox, InboxError, Limits};
 use crate::metrics::Metrics;
 use crate::model::{Message, MessageId, UserId, now_ms};
-use crate::store::{Database, retrying};
+use crate::store::{Database, placeholders, retrying};
 
 /// Rows per multi-row statement; keeps each statement well under placeholder limits.
 const CHUNK: usize = 500;
@@ -22,6 +23,20 @@ pub struct SqlInbox {
 impl SqlInbox {
     pub fn new(db: Database, limits: Limits, metrics: Arc<Metrics>) -> Self {
         Self { db, limits, metrics }
+    }
+
+    /// `DELETE FROM inbox WHERE term OR term ...` with the terms' values in order.
+    async fn delete_where(&self, terms: &[String], binds: &[i64]) -> Result<(), sqlx::Error> {
+        let sql = format!("DELETE FROM inbox WHERE {}", terms.join(" OR "));
+        retrying(|| {
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+            for value in binds {
+                q = q.bind(*value);
+            }
+            q.execute(&self.db.pool)
+        })
+        .await?;
+        Ok(())
     }
 }
 
@@ -86,16 +101,27 @@ impl Inbox for SqlInbox {
 
     async fn remove(&self, delivered: &[(UserId, MessageId)]) -> Result<(), InboxError> {
         let _t = self.metrics.time_query("inbox_remove");
-        for chunk in delivered.chunks(CHUNK) {
-            let sql = format!(
-                "DELETE FROM inbox WHERE {}",
-                vec!["(user_id = ? AND message_id = ?)"; chunk.len()].join(" OR ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (user, message) in chunk {
-                q = q.bind(*user).bind(*message);
+        // Grouped by message: a group message is delivered to all its members at about the
+        // same time, so one `message_id = ? AND user_id IN (...)` term covers them all, which
+        // is far cheaper for the database to plan than one OR term per entry.
+        let mut by_message: BTreeMap<MessageId, Vec<UserId>> = BTreeMap::new();
+        for (user, message) in delivered {
+            by_message.entry(*message).or_default().push(*user);
+        }
+        let mut terms = Vec::new();
+        let mut binds: Vec<i64> = Vec::new();
+        for (message, users) in by_message {
+            for users in users.chunks(CHUNK) {
+                terms.push(format!("(message_id = ? AND user_id IN ({}))", placeholders(users.len())));
+                binds.push(message);
+                binds.extend_from_slice(users);
+                if binds.len() >= CHUNK {
+                    self.delete_where(&std::mem::take(&mut terms), &std::mem::take(&mut binds)).await?;
+                }
             }
-            q.execute(&self.db.pool).await?;
+        }
+        if !terms.is_empty() {
+            self.delete_where(&terms, &binds).await?;
         }
         Ok(())
     }
