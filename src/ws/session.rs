@@ -229,7 +229,14 @@ impl Writer {
         match item {
             Outbound::Message(d) => self.deliver(&d).await,
             Outbound::Frame(frame) => self.send(&frame).await,
-            Outbound::Replay => self.replay().await,
+            Outbound::Replay => {
+                // Group announcements made while the backplane was away were missed too:
+                // pick up new groups before replaying.
+                if let Ok(groups) = self.state.store.user_group_ids(self.handle.user_id).await {
+                    self.state.hub.join(&self.handle, &groups).await;
+                }
+                self.replay().await
+            }
         }
     }
 
