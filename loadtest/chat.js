@@ -7,8 +7,7 @@
 //   k6 run -e BASE_URL=http://127.0.0.1:8000 -e PAIRS=50 -e RATE=500 -e DURATION=20 loadtest/chat.js
 
 import {
-  Client, SUMMARY_TREND_STATS, checkerThresholds, createPairs, deliveryMs, mine, registerUsers, send,
-  sleepMs, summaryLine, table,
+  SUMMARY_TREND_STATS, checkerThresholds, createPairs, registerUsers, runPairs, summaryLine, table,
 } from './lib/switchboard.js';
 
 const PAIRS = parseInt(__ENV.PAIRS || '20', 10);
@@ -37,42 +36,7 @@ export function setup() {
 }
 
 export default async function (data) {
-  const indexed = data.pairs.map((p, i) => Object.assign({ index: i }, p));
-  const my = mine(indexed, __VU, VUS);
-  const clients = my.map((p) => {
-    const c = new Client(p.b, { ack: ACK });
-    c.onMessage = (f) => {
-      const parts = String(f.content).split(' ');
-      if (parts[0] === 'k6') deliveryMs.add(Date.now() - parseInt(parts[1], 10));
-    };
-    c.open();
-    return c;
-  });
-  const t = Date.now();
-  while (clients.some((c) => !c.live) && Date.now() - t < 60000) await sleepMs(20);
-  const start = Math.max(data.start, Date.now());
-  const end = start + DURATION * 1000;
-  const period = (1000 * PAIRS) / RATE; // per pair
-  await Promise.all(
-    my.map(async (p, i) => {
-      const offset = (p.index * period) / PAIRS;
-      for (let k = 0; ; k++) {
-        const due = start + offset + k * period;
-        if (due >= end) break;
-        await sleepMs(due - Date.now());
-        const sent = Date.now();
-        const id = await send(p.a, p.group, `k6 ${sent} ${k}`, `k6-${p.group}-${start}-${k}`);
-        if (id !== null) clients[i].tracker.expected.add(id);
-      }
-    }),
-  );
-  const deadline = Date.now() + LINGER * 1000;
-  while (clients.some((c) => c.tracker.missing() > 0) && Date.now() < deadline) await sleepMs(100);
-  await sleepMs(300);
-  for (const c of clients) {
-    c.tracker.verdict();
-    c.stop();
-  }
+  await runPairs(data, { pairs: PAIRS, rate: RATE, duration: DURATION, linger: LINGER, vus: VUS, ack: ACK, idPrefix: 'k6' });
 }
 
 export function handleSummary(data) {

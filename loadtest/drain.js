@@ -10,8 +10,7 @@
 import http from 'k6/http';
 import { Counter } from 'k6/metrics';
 import {
-  Client, SUMMARY_TREND_STATS, checkerThresholds, createPairs, deliveryMs, mine, registerUsers, send,
-  sleepMs, summaryLine, table,
+  SUMMARY_TREND_STATS, checkerThresholds, createPairs, registerUsers, runPairs, sleepMs, summaryLine, table,
 } from './lib/switchboard.js';
 
 const PAIRS = parseInt(__ENV.PAIRS || '40', 10);
@@ -40,51 +39,18 @@ export function setup() {
 }
 
 export default async function (data) {
-  const indexed = data.pairs.map((p, i) => Object.assign({ index: i }, p));
-  const my = mine(indexed, __VU, VUS);
-  const clients = my.map((p) => {
-    const c = new Client(p.b, { ack: true });
-    c.onMessage = (f) => {
-      const parts = String(f.content).split(' ');
-      if (parts[0] === 'k6') deliveryMs.add(Date.now() - parseInt(parts[1], 10));
-    };
-    c.open();
-    return c;
+  // VU 1 drains the node DRAIN_AT seconds into the sending.
+  const drain = async (start) => {
+    await sleepMs(start + DRAIN_AT * 1000 - Date.now());
+    const r = await http.asyncRequest('POST', DRAIN_URL, null, { timeout: '10s' });
+    console.log(`drain ${DRAIN_URL}: ${r.status} ${r.body}`);
+    if (r.status === 202 || r.status === 200) drains.add(1);
+  };
+  const offline = await runPairs(data, {
+    pairs: PAIRS, rate: RATE, duration: DURATION, linger: LINGER, vus: VUS, ack: true, idPrefix: 'k6d',
+    duringRun: __VU === 1 ? drain : undefined,
   });
-  const t = Date.now();
-  while (clients.some((c) => !c.live) && Date.now() - t < 60000) await sleepMs(20);
-  const start = Math.max(data.start, Date.now());
-  const end = start + DURATION * 1000;
-  if (__VU === 1) {
-    (async () => {
-      await sleepMs(start + DRAIN_AT * 1000 - Date.now());
-      const r = await http.asyncRequest('POST', DRAIN_URL, null, { timeout: '10s' });
-      console.log(`drain ${DRAIN_URL}: ${r.status} ${r.body}`);
-      if (r.status === 202 || r.status === 200) drains.add(1);
-    })();
-  }
-  const period = (1000 * PAIRS) / RATE;
-  await Promise.all(
-    my.map(async (p, i) => {
-      const offset = (p.index * period) / PAIRS;
-      for (let k = 0; ; k++) {
-        const due = start + offset + k * period;
-        if (due >= end) break;
-        await sleepMs(due - Date.now());
-        const sent = Date.now();
-        const id = await send(p.a, p.group, `k6 ${sent} ${k}`, `k6d-${p.group}-${start}-${k}`);
-        if (id !== null) clients[i].tracker.expected.add(id);
-      }
-    }),
-  );
-  const deadline = Date.now() + LINGER * 1000;
-  while (clients.some((c) => !c.live || c.tracker.missing() > 0) && Date.now() < deadline) await sleepMs(100);
-  await sleepMs(300);
-  offlineAtEnd.add(clients.filter((c) => !c.live).length);
-  for (const c of clients) {
-    c.tracker.verdict();
-    c.stop();
-  }
+  offlineAtEnd.add(offline);
 }
 
 export function handleSummary(data) {

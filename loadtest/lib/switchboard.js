@@ -260,6 +260,54 @@ export class Client {
 }
 
 /// One summary line plus the figures that matter, for handleSummary.
+// The pair chat shared by chat.js and drain.js. This VU opens the receivers of its pairs,
+// waits until they are live, then sends from the other member of each pair on a fixed
+// schedule (open loop per pair) for `duration` s, with the send time in the content for the
+// latency trend. `duringRun(start)` may start something alongside (a drain). Afterwards it
+// waits up to `linger` s until every accepted message arrived and every client is back,
+// records each connection's verdict and returns how many clients were still offline.
+export async function runPairs(data, { pairs, rate, duration, linger, vus, ack, idPrefix, duringRun }) {
+  const indexed = data.pairs.map((p, i) => Object.assign({ index: i }, p));
+  const my = mine(indexed, __VU, vus);
+  const clients = my.map((p) => {
+    const c = new Client(p.b, { ack });
+    c.onMessage = (f) => {
+      const parts = String(f.content).split(' ');
+      if (parts[0] === 'k6') deliveryMs.add(Date.now() - parseInt(parts[1], 10));
+    };
+    c.open();
+    return c;
+  });
+  const t = Date.now();
+  while (clients.some((c) => !c.live) && Date.now() - t < 60000) await sleepMs(20);
+  const start = Math.max(data.start, Date.now());
+  const end = start + duration * 1000;
+  if (duringRun) duringRun(start);
+  const period = (1000 * pairs) / rate; // per pair
+  await Promise.all(
+    my.map(async (p, i) => {
+      const offset = (p.index * period) / pairs;
+      for (let k = 0; ; k++) {
+        const due = start + offset + k * period;
+        if (due >= end) break;
+        await sleepMs(due - Date.now());
+        const sent = Date.now();
+        const id = await send(p.a, p.group, `k6 ${sent} ${k}`, `${idPrefix}-${p.group}-${start}-${k}`);
+        if (id !== null) clients[i].tracker.expected.add(id);
+      }
+    }),
+  );
+  const deadline = Date.now() + linger * 1000;
+  while (clients.some((c) => !c.live || c.tracker.missing() > 0) && Date.now() < deadline) await sleepMs(100);
+  await sleepMs(300);
+  const offline = clients.filter((c) => !c.live).length;
+  for (const c of clients) {
+    c.tracker.verdict();
+    c.stop();
+  }
+  return offline;
+}
+
 export function summaryLine(name, data, extra) {
   const m = data.metrics;
   const count = (k) => (m[k] ? m[k].values.count : 0);
