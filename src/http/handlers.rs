@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -268,8 +267,4 @@ pub async fn readiness(state: &Arc<AppState>) -> (StatusCode, serde_json::Value)
 
 pub fn not_found_route() -> ApiError {
     ApiError::not_found("route_not_found", "No such route.")
-}
-
-pub fn page() -> Bytes {
-    Bytes::from_static(crate::web::INDEX_HTML.as_bytes())
 }

@@ -29,7 +29,9 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (template, result) = match (listener, &method, segments.as_slice()) {
-        (Listener::Public, &Method::GET, [""]) => ("/", Ok(html(handlers::page()))),
+        (Listener::Public, &Method::GET, [""]) => {
+            ("/", Ok(html(Bytes::from_static(crate::web::INDEX_HTML.as_bytes()))))
+        }
         (Listener::Public, &Method::GET, ["openapi.yaml"]) => ("/openapi.yaml", Ok(openapi())),
         (Listener::Public, &Method::POST, ["register"]) => {
             ("/register", async { handlers::register(&state, form(&state, req).await?).await.map(ok_json) }.await)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchboard::checker::{Checker, Report};
-use switchboard::client::{Api, ClientError, WsEvent, backoff, connect_ws};
+use switchboard::client::{Api, ClientError, WsEvent, backoff, connect_ws, reconnects};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -229,6 +229,11 @@ impl Receiver {
                         Some(WsEvent::Closed(code)) => {
                             if code == Some(1001) {
                                 self.going_away.fetch_add(1, Ordering::SeqCst);
+                            }
+                            // 1000 and 1008 mean "stop": this client then misses what follows,
+                            // and the checker reports it.
+                            if !reconnects(code) {
+                                return;
                             }
                             break true;
                         }
