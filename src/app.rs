@@ -1,10 +1,10 @@
 //! One node: built from a [`Config`], then run on listeners handed in by the caller (so tests
 //! bind port 0) until its lifecycle reaches `Stopped`.
 //!
-//! Shutdown is the drain of DESIGN §5: the phase turns `Draining` (readiness fails, upgrades
+//! Shutdown is the drain of docs/lifecycle.md: the phase turns `Draining` (readiness fails, upgrades
 //! get 503), sessions get `goodbye` + 1001 at `--drain-close-rate` per second, whatever is
-//! still open at `--drain-timeout` is cut, in-flight REST calls finish, pending inbox removals
-//! are flushed, and `run` returns.
+//! still open at `--drain-timeout` is cut, in-flight REST calls finish, recorded delivery
+//! positions are written, and `run` returns.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,24 +17,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
 use crate::backplane::{Backplane, BackplaneError, MemoryBackplane, MemoryBus, RedisBackplane};
-use crate::batch::Batcher;
+use crate::commit::Commits;
 use crate::config::Config;
 use crate::http::{self, Listener};
 use crate::hub::Hub;
-use crate::inbox::{self, Inbox, InboxError, Remover, SqlInbox};
+use crate::inbox::{self, Inbox, InboxError, Recorder, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
-use crate::model::{Message, UserId};
-use crate::store::{Database, NewMessage, SqlStore, Store, StoreError};
+use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::ws::protocol::close;
-
-/// Most messages (or inbox appends) written as one batch.
-const BATCH: usize = 256;
-/// Concurrent message-insert transactions; each holds a pooled connection while it writes.
-const STORE_WRITERS: usize = 4;
-/// Concurrent inbox append statements.
-const INBOX_WRITERS: usize = 2;
 
 /// Everything a request handler or session needs, shared by reference count.
 pub struct AppState {
@@ -43,15 +35,15 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub inbox: Arc<dyn Inbox>,
     pub hub: Arc<Hub>,
-    pub remover: Remover,
+    /// Writes delivery positions in coalesced batches.
+    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
     /// Every WebSocket session task; the drain waits on it.
     pub sessions: TaskTracker,
     pub send_limiter: RateLimiter,
-    /// Group commit of message inserts and inbox appends from concurrent sends.
-    pub message_writes: Batcher<NewMessage, Result<(Message, bool), StoreError>>,
-    pub inbox_writes: Batcher<(Message, Vec<UserId>), Result<(), InboxError>>,
+    /// Group commit of concurrent sends: store, then publish.
+    pub commits: Commits,
     /// Present in signed-token mode.
     pub tokens: Option<Tokens>,
 }
@@ -76,49 +68,38 @@ impl App {
         let metrics = Arc::new(Metrics::new(&node));
         metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
         let db = Database::connect(&config.database_url).await?;
+        // SQLite has one writer, so one shard; MySQL commits shards in parallel, each on its
+        // own connection, a few per core.
+        let shards = match db.dialect {
+            Dialect::Sqlite => 1,
+            Dialect::MySql => std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4)),
+        };
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
-        let limits = inbox::Limits { ttl_ms: config.inbox_ttl as i64 * 1000, max_per_user: config.inbox_max_per_user };
         let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
-            Some(url) => Arc::new(inbox::MongoInbox::connect(url, limits, metrics.clone()).await?),
-            None => Arc::new(SqlInbox::new(db, limits, metrics.clone())),
+            Some(url) => Arc::new(inbox::MongoInbox::connect(url, metrics.clone()).await?),
+            None => Arc::new(SqlInbox::new(db, metrics.clone())),
         };
         let (events_tx, events_rx) = mpsc::channel(4096);
         let backplane: Arc<dyn Backplane> = match &config.redis_url {
             Some(url) => Arc::new(RedisBackplane::connect(url, &config.channel_prefix, events_tx, metrics.clone())?),
             None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events_tx)),
         };
-        let hub = Hub::new(backplane, metrics.clone());
+        let hub = Hub::new(backplane.clone(), metrics.clone());
         tokio::spawn(hub.clone().run(events_rx));
-        let remover = Remover::spawn(inbox.clone());
+        let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
-        let writer = store.clone();
-        let message_writes = Batcher::spawn(BATCH, STORE_WRITERS, move |batch| {
-            let writer = writer.clone();
-            async move { writer.insert_messages(batch).await }
-        });
-        let appender = inbox.clone();
-        let inbox_writes = Batcher::spawn(BATCH, INBOX_WRITERS, move |batch: Vec<(Message, Vec<UserId>)>| {
-            let appender = appender.clone();
-            async move {
-                let n = batch.len();
-                match appender.append_batch(&batch).await {
-                    Ok(()) => (0..n).map(|_| Ok(())).collect(),
-                    Err(e) => (0..n).map(|_| Err(InboxError::Batch(e.to_string()))).collect(),
-                }
-            }
-        });
+        let commits = Commits::spawn(store.clone(), backplane, shards);
         let tokens = config.token_secret.as_deref().map(Tokens::new);
         let state = AppState {
             send_limiter,
-            message_writes,
-            inbox_writes,
+            commits,
             tokens,
             config,
             node,
             store,
             inbox,
             hub,
-            remover,
+            recorder,
             metrics,
             lifecycle: Lifecycle::new(),
             sessions: TaskTracker::new(),
@@ -158,7 +139,7 @@ impl App {
             let _ = server.await;
         }
         upkeep.abort();
-        state.remover.flush().await;
+        state.recorder.flush().await;
         state.lifecycle.advance(Phase::Stopped);
         let _ = phase_gauge.await;
         tracing::info!(node = %state.node, "node stopped");
@@ -227,25 +208,15 @@ async fn export_phase(state: Arc<AppState>) {
     }
 }
 
-/// Periodic chores: inbox expiry and bounds, the `inbox_pending` gauge, backend health.
+/// Periodic chores: rate-limiter buckets and backend health.
 async fn upkeep(state: Arc<AppState>) {
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     let mut health = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = sweep.tick() => {
-                state.send_limiter.sweep();
-                match state.inbox.sweep().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "inbox sweep"),
-                    Err(e) => tracing::warn!(error = %e, "inbox sweep failed"),
-                }
-            }
+            _ = sweep.tick() => state.send_limiter.sweep(),
             _ = health.tick() => {
                 let _ = http::readiness(&state).await;
-                if let Ok(n) = state.inbox.pending_total().await {
-                    state.metrics.inbox_pending.set(n as i64);
-                }
             }
         }
     }

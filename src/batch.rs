@@ -1,59 +1,61 @@
-//! Group commit: concurrent callers submit one item each, a few workers take whatever has
-//! queued up and handle it as one batch (one transaction, one multi-row statement), and each
-//! caller gets its own result back. Batches form by themselves under load: while a batch is
-//! being written, the next one gathers. A lone request waits for nothing.
+//! Group commit, sharded: concurrent callers submit one item each with a key; each shard's
+//! worker takes whatever has queued up on it and handles it as one batch (one transaction,
+//! one multi-row statement, one pipelined publish), and each caller gets its own result
+//! back. Batches form by themselves under load: while a shard writes a batch, the next one
+//! gathers. A lone request waits for nothing.
+//!
+//! Items with the same key always go to the same shard, and a shard handles one batch at a
+//! time, so items of one key are handled in submission order (the send path keys by group:
+//! per-group order holds on a node while the shards write in parallel, with no shared queue
+//! or lock between them).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 type Job<T, R> = (T, oneshot::Sender<R>);
 
 pub struct Batcher<T, R> {
-    tx: mpsc::Sender<Job<T, R>>,
+    shards: Vec<mpsc::Sender<Job<T, R>>>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Starts `workers` tasks running `run` on batches of at most `max` items. `run` returns
+    /// Starts `shards` workers running `run` on batches of at most `max` items. `run` returns
     /// one result per item, in order.
-    pub fn spawn<F, Fut>(max: usize, workers: usize, run: F) -> Self
+    pub fn spawn<F, Fut>(max: usize, shards: usize, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send,
     {
-        let (tx, rx) = mpsc::channel::<Job<T, R>>(max * workers * 4);
-        let rx = Arc::new(Mutex::new(rx));
         let run = Arc::new(run);
-        for _ in 0..workers {
-            let (rx, run) = (rx.clone(), run.clone());
-            tokio::spawn(async move {
-                let mut jobs = Vec::with_capacity(max);
-                loop {
-                    {
-                        // One worker gathers at a time; it lets go before writing, so the next
-                        // batch gathers while this one is written.
-                        let mut rx = rx.lock().await;
-                        if rx.recv_many(&mut jobs, max).await == 0 {
-                            return;
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Job<T, R>>(max * 4);
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let mut jobs = Vec::with_capacity(max);
+                    while rx.recv_many(&mut jobs, max).await > 0 {
+                        let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = jobs.drain(..).unzip();
+                        let results = run(items).await;
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            // The caller may have gone away (request cancelled); nothing to do.
+                            let _ = reply.send(result);
                         }
                     }
-                    let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = jobs.drain(..).unzip();
-                    let results = run(items).await;
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        // The caller may have gone away (request cancelled); nothing to do.
-                        let _ = reply.send(result);
-                    }
-                }
-            });
-        }
-        Self { tx }
+                });
+                tx
+            })
+            .collect();
+        Self { shards }
     }
 
-    /// Submits one item and waits for its result; `None` if the workers are gone.
-    pub async fn submit(&self, item: T) -> Option<R> {
+    /// Submits one item on the shard of `key` and waits for its result; `None` if the
+    /// workers are gone.
+    pub async fn submit(&self, key: u64, item: T) -> Option<R> {
         let (reply, result) = oneshot::channel();
-        self.tx.send((item, reply)).await.ok()?;
+        let shard = &self.shards[(key % self.shards.len() as u64) as usize];
+        shard.send((item, reply)).await.ok()?;
         result.await.ok()
     }
 }
@@ -66,7 +68,7 @@ mod tests {
     async fn concurrent_submissions_share_batches_and_keep_their_results() {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let b = Arc::new(Batcher::spawn(50, 1, move |items: Vec<u32>| {
+        let b = Arc::new(Batcher::spawn(50, 2, move |items: Vec<u32>| {
             let seen = seen.clone();
             async move {
                 seen.lock().expect("lock").push(items.len());
@@ -77,7 +79,7 @@ mod tests {
         let calls: Vec<_> = (0..200u32)
             .map(|i| {
                 let b = b.clone();
-                tokio::spawn(async move { (i, b.submit(i).await) })
+                tokio::spawn(async move { (i, b.submit(u64::from(i), i).await) })
             })
             .collect();
         for c in calls {
@@ -88,5 +90,37 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 200);
         assert!(sizes.len() < 200, "no batching happened: {sizes:?}");
         assert!(sizes.iter().all(|s| *s <= 50));
+    }
+
+    #[tokio::test]
+    async fn one_key_keeps_its_order_across_batches() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let b = Arc::new(Batcher::spawn(8, 4, move |items: Vec<(u64, u32)>| {
+            let log = log.clone();
+            async move {
+                tokio::task::yield_now().await;
+                log.lock().expect("lock").extend(items.iter().copied());
+                items.into_iter().map(|_| ()).collect::<Vec<_>>()
+            }
+        }));
+        // Each key's items are submitted in order by one task; other keys run concurrently.
+        let tasks: Vec<_> = (0..6u64)
+            .map(|key| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let pending: Vec<_> = (0..50u32).map(|i| b.submit(key, (key, i))).collect();
+                    futures_util::future::join_all(pending).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("join");
+        }
+        let seen = seen.lock().expect("lock");
+        for key in 0..6u64 {
+            let order: Vec<u32> = seen.iter().filter(|(k, _)| *k == key).map(|(_, i)| *i).collect();
+            assert_eq!(order, (0..50).collect::<Vec<_>>(), "key {key}");
+        }
     }
 }

@@ -92,17 +92,19 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,
 
-    /// Seconds an undelivered inbox entry is kept; past it clients use the history API.
+    /// Seconds of missed messages a returning client catches up on; older ones are left to
+    /// the history API.
     #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value_t = 7 * 24 * 3600)]
     pub inbox_ttl: u64,
 
-    /// Pending inbox entries kept per user; the oldest beyond it are dropped.
-    #[arg(long, env = "SWITCHBOARD_INBOX_MAX_PER_USER", default_value_t = 10_000)]
-    pub inbox_max_per_user: u32,
-
-    /// Inbox entries replayed to one session on connect or resync.
+    /// Messages read per catch-up query; a catch-up reads page after page until done.
     #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1_000)]
     pub replay_limit: u32,
+
+    /// How often delivery positions are written to the inbox backend, in milliseconds. A
+    /// crash loses at most this much of them, which means re-delivery, never loss.
+    #[arg(long, env = "SWITCHBOARD_POSITION_FLUSH_MS", default_value_t = 500)]
+    pub position_flush_ms: u64,
 
     /// Most WebSocket sessions on this node; upgrades above it get 503.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 19_000)]
@@ -148,8 +150,8 @@ impl Config {
         if self.drain_close_rate == 0 {
             return Err("--drain-close-rate must be at least 1".into());
         }
-        if self.session_queue == 0 || self.replay_limit == 0 || self.inbox_max_per_user == 0 {
-            return Err("--session-queue, --replay-limit and --inbox-max-per-user must be at least 1".into());
+        if self.session_queue == 0 || self.replay_limit == 0 || self.position_flush_ms == 0 {
+            return Err("--session-queue, --replay-limit and --position-flush-ms must be at least 1".into());
         }
         if self.max_message_bytes == 0 || self.max_frame_bytes < 1024 || self.max_body_bytes < self.max_message_bytes {
             return Err("--max-message-bytes must be >= 1, --max-frame-bytes >= 1024 and --max-body-bytes >= --max-message-bytes".into());

@@ -5,7 +5,7 @@
 //! unsubscribed when its last one leaves (reference counting under the map's entry lock, so
 //! the subscribe/unsubscribe order matches the membership order). Fan-out never awaits: it
 //! `try_send`s into each session's bounded queue and closes a session whose queue is full
-//! with 4008; that client catches up from its inbox when it reconnects.
+//! with 4008; that client catches up from the store when it reconnects.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::backplane::{Backplane, Channel, Envelope, Event};
 use crate::metrics::Metrics;
-use crate::model::{GroupId, MessageId, UserId};
+use crate::model::{GroupId, MessageId, Seq, UserId};
 use crate::ws::protocol::close;
 
 /// One message on its way to local sessions; shared by all of them.
@@ -26,6 +26,7 @@ use crate::ws::protocol::close;
 pub struct Delivery {
     pub message_id: MessageId,
     pub group_id: GroupId,
+    pub seq: Seq,
     pub sender_id: UserId,
     /// When `send_message` accepted it, for the delivery latency histogram.
     pub accepted_us: i64,
@@ -35,10 +36,14 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum Outbound {
     Message(Arc<Delivery>),
-    /// A ready-made frame, such as `group_joined`.
-    Frame(Bytes),
-    /// The backplane lost publishes: replay the inbox.
-    Replay,
+    /// The user was added to a group (the node is subscribed): write the `group_joined`
+    /// frame, then catch up on the group.
+    Joined {
+        group_id: GroupId,
+        frame: Bytes,
+    },
+    /// The backplane lost publishes: catch up on every group from the store.
+    Resync,
 }
 
 /// The hub's handle on one WebSocket session.
@@ -204,7 +209,7 @@ impl Hub {
                 Event::Payload { channel: Channel::User(u), payload } => self.joined(u, payload),
                 Event::Resynced => {
                     for s in self.sessions() {
-                        self.push(&s, Outbound::Replay);
+                        self.push(&s, Outbound::Resync);
                     }
                 }
             }
@@ -219,11 +224,12 @@ impl Hub {
     }
 
     fn fan_out(&self, group_id: GroupId, payload: Bytes) {
-        let Some(Envelope::Message { message_id, sender_id, accepted_us, frame }) = Envelope::decode(payload) else {
+        let Some(Envelope::Message { message_id, seq, sender_id, accepted_us, frame }) = Envelope::decode(payload)
+        else {
             tracing::debug!(group_id, "ignoring unknown payload on group channel");
             return;
         };
-        let delivery = Arc::new(Delivery { message_id, group_id, sender_id, accepted_us, frame });
+        let delivery = Arc::new(Delivery { message_id, group_id, seq, sender_id, accepted_us, frame });
         // try_send never awaits, so holding the shard's read guard here is fine.
         if let Some(members) = self.groups.get(&group_id) {
             for s in members.iter() {
@@ -246,7 +252,7 @@ impl Hub {
                 hub.join(s, &[group_id]).await;
             }
             for s in &sessions {
-                hub.push(s, Outbound::Frame(frame.clone()));
+                hub.push(s, Outbound::Joined { group_id, frame: frame.clone() });
             }
         });
     }
@@ -287,10 +293,10 @@ mod tests {
     async fn full_queue_closes_with_4008_and_counts_once() {
         let (hub, _bus) = hub();
         let (s, _rx) = SessionHandle::new(1, 10, 1);
-        hub.push(&s, Outbound::Replay);
+        hub.push(&s, Outbound::Resync);
         assert!(!s.is_closed());
-        hub.push(&s, Outbound::Replay);
-        hub.push(&s, Outbound::Replay);
+        hub.push(&s, Outbound::Resync);
+        hub.push(&s, Outbound::Resync);
         assert_eq!(s.close_code(), Some(close::SLOW_CONSUMER));
         assert_eq!(hub.metrics.slow_consumer_disconnects.get(), 1);
     }

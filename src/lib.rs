@@ -1,13 +1,15 @@
 //! Switchboard: a horizontally scaled real-time messaging gateway.
 //!
-//! Map of the modules, in the direction data flows (DESIGN §1):
+//! Map of the modules, in the direction data flows (README, "Architecture"):
 //!
 //! - [`config`]: the one clap struct; every flag also reads an environment variable.
 //! - [`app`]: builds a node from config and runs it on listeners until its drain completes.
 //! - [`http`]: hyper server, the router (`match` on method and path) and REST handlers.
-//! - [`store`]: users, groups and messages in MySQL or SQLite (trait `Store`).
-//! - [`inbox`]: the offline inbox in MongoDB or a SQL table (trait `Inbox`), and the
-//!   batched remover of delivered entries.
+//! - [`commit`]: the durable send path: group commit of messages, then their publishes.
+//! - [`store`]: users, groups and each group's gap-free message log in MySQL or SQLite
+//!   (trait `Store`).
+//! - [`inbox`]: what users have not received yet, kept as per-group delivery positions in
+//!   MongoDB or a SQL table (trait `Inbox`), and the recorder that writes them in batches.
 //! - [`backplane`]: pub/sub between nodes over Redis or in-process (trait `Backplane`).
 //! - [`hub`]: the node's local sessions and reference-counted group subscriptions; fans
 //!   backplane events out to session queues without ever awaiting a slow socket.
@@ -15,7 +17,7 @@
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
 //! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode.
-//! - [`batch`]: group commit of concurrent sends' store and inbox writes.
+//! - [`batch`]: the sharded group-commit batcher under [`commit`].
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`model`]: ids, users, groups, messages and their wire frame.
 //! - [`web`]: the embedded single-page client.
@@ -31,6 +33,7 @@ pub mod backplane;
 pub mod batch;
 pub mod checker;
 pub mod client;
+pub mod commit;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -1,4 +1,4 @@
-//! Prometheus metrics of one node (DESIGN §7), on a registry owned by the node rather than
+//! Prometheus metrics of one node (docs/operations.md), on a registry owned by the node rather than
 //! the global one, so that several nodes in one test process stay apart. Label sets are
 //! small and bounded: no user or group ids ever become labels.
 
@@ -23,7 +23,9 @@ pub struct Metrics {
     pub messages_sent: IntCounter,
     pub messages_delivered: IntCounterVec,
     pub delivery_latency: Histogram,
-    pub inbox_pending: IntGauge,
+    pub positions_unflushed: IntGauge,
+    pub positions_written: IntCounter,
+    pub gap_fetches: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -86,7 +88,18 @@ impl Metrics {
                 "delivery_latency_seconds",
                 "From acceptance of a message to the write of its live frame."
             ))),
-            inbox_pending: reg!(IntGauge::with_opts(opts("inbox_pending", "Undelivered inbox entries (sampled)."))),
+            positions_unflushed: reg!(IntGauge::with_opts(opts(
+                "positions_unflushed",
+                "Delivery positions recorded but not yet written to the inbox backend."
+            ))),
+            positions_written: reg!(IntCounter::with_opts(opts(
+                "positions_written_total",
+                "Delivery positions written to the inbox backend (one row or document each)."
+            ))),
+            gap_fetches: reg!(IntCounter::with_opts(opts(
+                "gap_fetches_total",
+                "Live messages that arrived past a hole in their group's sequence, which was then read from the store."
+            ))),
             slow_consumer_disconnects: reg!(IntCounter::with_opts(opts(
                 "slow_consumer_disconnects_total",
                 "Sessions closed with 4008 because their queue was full."
@@ -246,7 +259,9 @@ mod tests {
             "switchboard_messages_sent_total",
             "switchboard_messages_delivered_total",
             "switchboard_delivery_latency_seconds_bucket",
-            "switchboard_inbox_pending",
+            "switchboard_positions_unflushed",
+            "switchboard_positions_written_total",
+            "switchboard_gap_fetches_total",
             "switchboard_slow_consumer_disconnects_total",
             "switchboard_http_requests_total",
             "switchboard_http_request_duration_seconds_bucket",

@@ -9,6 +9,8 @@ use serde::Serialize;
 pub type UserId = i64;
 pub type GroupId = i64;
 pub type MessageId = i64;
+/// A message's position in its group's log: 1, 2, 3, ... with no gap, assigned at commit.
+pub type Seq = i64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct User {
@@ -30,18 +32,20 @@ pub struct Group {
 pub struct Message {
     pub message_id: MessageId,
     pub group_id: GroupId,
+    pub seq: Seq,
     pub sender_id: UserId,
     pub content: String,
     pub sent_at_ms: i64,
 }
 
-/// The `message` frame of the WebSocket protocol (DESIGN §3), also the history API's item.
+/// The `message` frame of the WebSocket protocol (docs/protocol.md), also the history API's item.
 #[derive(Serialize)]
 struct MessageFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     message_id: MessageId,
     group_id: GroupId,
+    seq: Seq,
     sender_id: UserId,
     content: &'a str,
     timestamp: String,
@@ -53,6 +57,7 @@ impl Message {
         serde_json::json!({
             "message_id": self.message_id,
             "group_id": self.group_id,
+            "seq": self.seq,
             "sender_id": self.sender_id,
             "content": self.content,
             "timestamp": rfc3339_millis(self.sent_at_ms),
@@ -65,6 +70,7 @@ impl Message {
             kind: "message",
             message_id: self.message_id,
             group_id: self.group_id,
+            seq: self.seq,
             sender_id: self.sender_id,
             content: &self.content,
             timestamp: rfc3339_millis(self.sent_at_ms),
@@ -113,11 +119,12 @@ mod tests {
 
     #[test]
     fn frame_carries_the_seed_fields() {
-        let m = Message { message_id: 7, group_id: 3, sender_id: 1, content: "hi \"x\"".into(), sent_at_ms: 0 };
+        let m = Message { message_id: 7, group_id: 3, seq: 2, sender_id: 1, content: "hi \"x\"".into(), sent_at_ms: 0 };
         let v: serde_json::Value = serde_json::from_slice(&m.frame()).expect("json");
         assert_eq!(v["type"], "message");
         assert_eq!(v["message_id"], 7);
         assert_eq!(v["group_id"], 3);
+        assert_eq!(v["seq"], 2);
         assert_eq!(v["sender_id"], 1);
         assert_eq!(v["content"], "hi \"x\"");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");

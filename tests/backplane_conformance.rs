@@ -51,19 +51,22 @@ async fn suite((a, mut a_rx): Node, (b, mut b_rx): Node) {
     b.subscribe(g);
     b.subscribe(g);
     b.barrier().await;
-    a.publish(g, Bytes::from_static(b"one")).await.expect("publish");
+    a.publish(&[(g, Bytes::from_static(b"one"))]).await.expect("publish");
     assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await, Some((g, Bytes::from_static(b"one"))));
     assert_eq!(next_payload(&mut b_rx, Duration::from_millis(300)).await, None, "delivered twice");
     assert_eq!(next_payload(&mut a_rx, Duration::from_millis(100)).await, None, "unsubscribed node got it");
 
     // Publishing where nobody listens is fine; other channels stay separate.
-    a.publish(other, Bytes::from_static(b"nobody")).await.expect("publish");
+    a.publish(&[(other, Bytes::from_static(b"nobody"))]).await.expect("publish");
     assert_eq!(next_payload(&mut b_rx, Duration::from_millis(200)).await, None);
 
-    // Order is kept.
-    for i in 0..200u32 {
-        a.publish(g, Bytes::from(i.to_string())).await.expect("publish");
+    // Order is kept, within a pipelined batch and across publishes.
+    for i in 0..100u32 {
+        a.publish(&[(g, Bytes::from(i.to_string()))]).await.expect("publish");
     }
+    let batch: Vec<(Channel, Bytes)> =
+        (100..200u32).flat_map(|i| [(g, Bytes::from(i.to_string())), (other, Bytes::from_static(b"x"))]).collect();
+    a.publish(&batch).await.expect("pipelined publish");
     for i in 0..200u32 {
         let (_, p) = next_payload(&mut b_rx, Duration::from_secs(3)).await.expect("ordered payload");
         assert_eq!(p, Bytes::from(i.to_string()));
@@ -73,14 +76,14 @@ async fn suite((a, mut a_rx): Node, (b, mut b_rx): Node) {
     b.unsubscribe(g);
     b.subscribe(g);
     b.barrier().await;
-    a.publish(g, Bytes::from_static(b"still")).await.expect("publish");
+    a.publish(&[(g, Bytes::from_static(b"still"))]).await.expect("publish");
     assert_eq!(
         next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),
         Some(Bytes::from_static(b"still"))
     );
     b.unsubscribe(g);
     b.barrier().await;
-    a.publish(g, Bytes::from_static(b"gone")).await.expect("publish");
+    a.publish(&[(g, Bytes::from_static(b"gone"))]).await.expect("publish");
     assert_eq!(next_payload(&mut b_rx, Duration::from_millis(300)).await, None, "delivered after unsubscribe");
 }
 
@@ -135,7 +138,7 @@ async fn redis_backplane_resubscribes_after_a_lost_connection() {
         redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.expect("client kill");
     assert!(killed >= 1);
     assert!(resynced(&mut b_rx).await, "no Resynced after the pub/sub connection was killed");
-    a.publish(g, Bytes::from_static(b"after")).await.expect("publish");
+    a.publish(&[(g, Bytes::from_static(b"after"))]).await.expect("publish");
     assert_eq!(
         next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),
         Some(Bytes::from_static(b"after"))

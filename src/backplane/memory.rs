@@ -44,15 +44,17 @@ impl MemoryBackplane {
 
 #[async_trait]
 impl Backplane for MemoryBackplane {
-    async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError> {
-        // Clone the senders out so no map guard is held across the await.
-        let targets: Vec<mpsc::Sender<Event>> = match self.bus.channels.get(&channel) {
-            Some(subs) => subs.iter().map(|(_, tx)| tx.clone()).collect(),
-            None => return Ok(()),
-        };
-        for tx in targets {
-            // A node that shut down has dropped its receiver; that is not our failure.
-            let _ = tx.send(Event::Payload { channel, payload: payload.clone() }).await;
+    async fn publish(&self, messages: &[(Channel, Bytes)]) -> Result<(), BackplaneError> {
+        for (channel, payload) in messages {
+            // Clone the senders out so no map guard is held across the await.
+            let targets: Vec<mpsc::Sender<Event>> = match self.bus.channels.get(channel) {
+                Some(subs) => subs.iter().map(|(_, tx)| tx.clone()).collect(),
+                None => continue,
+            };
+            for tx in targets {
+                // A node that shut down has dropped its receiver; that is not our failure.
+                let _ = tx.send(Event::Payload { channel: *channel, payload: payload.clone() }).await;
+            }
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The backplane carries messages between nodes: `group:{id}` channels for messages and
-//! `user:{id}` channels for membership changes (DESIGN §1, §6).
+//! `user:{id}` channels for membership changes (docs/delivery.md).
 //!
 //! A node subscribes a channel once, however many local sessions want it; the [`Hub`]
 //! counts references and calls `subscribe`/`unsubscribe` on the 0↔1 edges. Those calls only
@@ -62,7 +62,7 @@ pub enum Event {
         payload: Bytes,
     },
     /// The backplane reconnected and resubscribed everything; publishes made while it was
-    /// away were missed, so every local session must replay its inbox.
+    /// away were missed, so every local session must catch up from the store.
     Resynced,
 }
 
@@ -78,7 +78,8 @@ pub enum BackplaneError {
 
 #[async_trait]
 pub trait Backplane: Send + Sync {
-    async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError>;
+    /// Publishes each payload on its channel, in order, as one pipelined round trip.
+    async fn publish(&self, messages: &[(Channel, Bytes)]) -> Result<(), BackplaneError>;
     /// Enqueues a subscription (ordered, never blocks).
     fn subscribe(&self, channel: Channel);
     /// Enqueues an unsubscription (ordered, never blocks).

@@ -86,11 +86,14 @@ impl Drop for RedisBackplane {
 
 #[async_trait]
 impl Backplane for RedisBackplane {
-    async fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BackplaneError> {
+    async fn publish(&self, messages: &[(Channel, Bytes)]) -> Result<(), BackplaneError> {
         let mut conn = self.publisher.clone();
-        let cmd = redis::cmd("PUBLISH").arg(self.names.name(channel)).arg(payload.as_ref()).to_owned();
-        match tokio::time::timeout(IO_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
-            Ok(res) => res.map(|_| ()).map_err(Into::into),
+        let mut pipe = redis::pipe();
+        for (channel, payload) in messages {
+            pipe.cmd("PUBLISH").arg(self.names.name(*channel)).arg(payload.as_ref()).ignore();
+        }
+        match tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(res) => res.map_err(Into::into),
             Err(_) => Err(BackplaneError::Timeout),
         }
     }

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 
-use crate::inbox::InboxError;
 use crate::store::StoreError;
 
 pub type Body = Full<Bytes>;
@@ -76,12 +75,5 @@ impl From<StoreError> for ApiError {
                 Self::unavailable("store_unavailable", "The message store is unavailable; retry shortly.")
             }
         }
-    }
-}
-
-impl From<InboxError> for ApiError {
-    fn from(e: InboxError) -> Self {
-        tracing::warn!(error = %e, "inbox unavailable");
-        Self::unavailable("inbox_unavailable", "The offline inbox is unavailable; retry shortly.")
     }
 }

@@ -1,5 +1,6 @@
-//! REST handlers of DESIGN §2. Each validates its input, calls the store, inbox and
-//! backplane in the order that keeps the delivery promise, and answers JSON.
+//! REST handlers (docs/api.md). Each validates its input, calls the store and the
+//! backplane in the order that keeps the delivery promise (docs/delivery.md), and answers
+//! JSON.
 
 use std::sync::Arc;
 
@@ -10,9 +11,8 @@ use super::body::Fields;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::backplane::{Channel, Envelope};
-use crate::inbox::InboxError;
-use crate::model::{Group, GroupId, UserId, now_ms, now_us, rfc3339_millis};
-use crate::store::{NewMessage, Page, StoreError};
+use crate::model::{Group, GroupId, UserId, now_ms, rfc3339_millis};
+use crate::store::{NewMessage, Page};
 use crate::ws::protocol;
 
 pub type Reply = Result<serde_json::Value, ApiError>;
@@ -87,7 +87,7 @@ async fn announce_group(state: &AppState, group: &Group) {
     let frame = protocol::group_joined(group);
     let payload = Envelope::Joined { group_id: group.group_id, frame }.encode();
     for &member in &group.members {
-        if let Err(e) = state.hub.backplane().publish(Channel::User(member), payload.clone()).await {
+        if let Err(e) = state.hub.backplane().publish(&[(Channel::User(member), payload.clone())]).await {
             tracing::warn!(error = %e, group_id = group.group_id, "could not announce group");
         }
     }
@@ -167,51 +167,16 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
     }
 
     let new = NewMessage { group_id, sender_id, content, client_msg_id, sent_at_ms: now_ms() };
-    let (message, created) = state.message_writes.submit(new).await.unwrap_or(Err(StoreError::Closed))?;
-    let recipients: Vec<UserId> = members.iter().copied().filter(|m| *m != sender_id).collect();
-    let appended = state.inbox_writes.submit((message.clone(), recipients)).await;
-    if let Err(e) = appended.unwrap_or(Err(InboxError::Batch("shutting down".into()))) {
-        if created {
-            // Undo so that no half-sent message stays visible; a retry with the same
-            // client_msg_id starts over.
-            if let Err(e) = state.inbox.remove_message(message.message_id).await {
-                tracing::warn!(error = %e, message_id = message.message_id, "inbox compensation failed");
-            }
-            if let Err(e) = state.store.delete_message(message.message_id).await {
-                tracing::warn!(error = %e, message_id = message.message_id, "store compensation failed");
-            }
-        }
-        return Err(e.into());
-    }
-    publish(state, group_id, &message).await;
+    let (message, created) = state.commits.send(new).await?;
     state.metrics.messages_sent.inc();
     tracing::info!(message_id = message.message_id, group_id, sender_id, duplicate = !created, node = %state.node, "message sent");
     Ok(json!({
         "message_id": message.message_id,
         "group_id": group_id,
+        "seq": message.seq,
         "timestamp": rfc3339_millis(message.sent_at_ms),
         "duplicate": !created,
     }))
-}
-
-/// Publishes a stored, inboxed message. A failure is not the sender's problem: the inbox
-/// holds the message and the recipients' nodes replay it when their backplane resyncs.
-async fn publish(state: &AppState, group_id: GroupId, message: &crate::model::Message) {
-    let payload = Envelope::Message {
-        message_id: message.message_id,
-        sender_id: message.sender_id,
-        accepted_us: now_us(),
-        frame: message.frame(),
-    }
-    .encode();
-    for attempt in 0..2 {
-        match state.hub.backplane().publish(Channel::Group(group_id), payload.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, message_id = message.message_id, "publish failed")
-            }
-        }
-    }
 }
 
 pub async fn user_groups(state: &AppState, user: UserId) -> Reply {

@@ -1,23 +1,29 @@
-//! The offline inbox: one self-contained pending entry per recipient and message, written
-//! before `send_message` answers 200 and removed once the message reached the user (ack, or
-//! socket write for a client that never acks). Replay on connect reads only the inbox, never
-//! the store. Entries expire after a TTL and each user's inbox is bounded; past those limits
-//! a client falls back to the history API.
+//! The offline inbox, kept as delivery positions (docs/delivery.md).
+//!
+//! Every group has a gap-free log of its messages in the store (`seq` 1, 2, 3, ...). What a
+//! user has not received yet is, per group, the log above the user's position: the highest
+//! `seq` up to which every message reached them (written to a socket for a client that
+//! never acks, acknowledged for one that does). Sending writes no row per recipient; a
+//! session moves its user's positions forward as it delivers, and [`Recorder`] writes them
+//! in coalesced batches. A position written late only means a re-delivery that clients
+//! de-duplicate by `message_id`, never a loss.
 //!
 //! Backends: `sql` (a table in the store's database: the embedded default and the MySQL
-//! deployment) and `mongo` (MongoDB, the seed's production choice).
+//! deployment) and `mongo` (MongoDB, the production store for offline delivery).
 
 mod mongo;
-mod remover;
+mod recorder;
 mod sql;
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::model::{Message, MessageId, UserId};
+use crate::model::{GroupId, Seq, UserId};
 
 pub use mongo::MongoInbox;
-pub use remover::Remover;
+pub use recorder::Recorder;
 pub use sql::SqlInbox;
 
 #[derive(Debug, Error)]
@@ -26,37 +32,24 @@ pub enum InboxError {
     Sql(#[from] sqlx::Error),
     #[error("inbox unavailable: {0}")]
     Mongo(#[from] mongodb::error::Error),
-    /// The batch this append was part of failed.
-    #[error("inbox unavailable: {0}")]
-    Batch(String),
+    #[error("inbox write refused: {0}")]
+    Refused(String),
 }
 
-/// How long entries live and how many a user may have pending.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub ttl_ms: i64,
-    pub max_per_user: u32,
+/// A user's position in one group: every message up to `seq` reached them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub user_id: UserId,
+    pub group_id: GroupId,
+    pub seq: Seq,
 }
 
 #[async_trait]
 pub trait Inbox: Send + Sync {
-    /// Adds a pending entry of each message for each of its recipients, as one write (group
-    /// commit of concurrent sends). Idempotent per (user, message), so a retried send may
-    /// append again.
-    async fn append_batch(&self, batch: &[(Message, Vec<UserId>)]) -> Result<(), InboxError>;
-    /// One message: a batch of one.
-    async fn append(&self, message: &Message, recipients: &[UserId]) -> Result<(), InboxError> {
-        self.append_batch(&[(message.clone(), recipients.to_vec())]).await
-    }
-    /// Up to `limit` unexpired pending messages of `user`, in id order.
-    async fn pending(&self, user: UserId, limit: u32) -> Result<Vec<Message>, InboxError>;
-    /// Removes delivered entries (batched by [`Remover`]).
-    async fn remove(&self, delivered: &[(UserId, MessageId)]) -> Result<(), InboxError>;
-    /// Removes every entry of one message: compensation when a send fails half-way.
-    async fn remove_message(&self, message: MessageId) -> Result<(), InboxError>;
-    /// Deletes expired entries and trims users over the bound; returns entries removed.
-    async fn sweep(&self) -> Result<u64, InboxError>;
-    /// Number of pending entries in total (for the `inbox_pending` gauge).
-    async fn pending_total(&self) -> Result<u64, InboxError>;
+    /// The user's stored positions; a group without one is at 0 (nothing received).
+    async fn positions(&self, user: UserId) -> Result<HashMap<GroupId, Seq>, InboxError>;
+    /// Raises positions, never lowers them: each becomes the larger of the stored and the
+    /// given `seq`. Idempotent, so a failed batch can simply be written again.
+    async fn advance(&self, positions: &[Position]) -> Result<(), InboxError>;
     async fn ping(&self) -> Result<(), InboxError>;
 }

@@ -11,10 +11,10 @@ mod sqlite;
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::model::{Group, GroupId, Message, MessageId, User, UserId};
+use crate::model::{Group, GroupId, Message, MessageId, Seq, User, UserId};
 
+pub(crate) use sql::retrying;
 pub use sql::{Database, Dialect, SqlStore};
-pub(crate) use sql::{placeholders, retrying};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -67,9 +67,12 @@ pub trait Store: Send + Sync {
     /// Member ids of a group, or `None` when the group does not exist.
     async fn group_members(&self, id: GroupId) -> Result<Option<Vec<UserId>>, StoreError>;
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>, StoreError>;
-    async fn user_group_ids(&self, user: UserId) -> Result<Vec<GroupId>, StoreError>;
+    /// The user's groups with each one's last sequence number: what a connecting session
+    /// compares with its positions to know which groups have anything to catch up.
+    async fn user_group_heads(&self, user: UserId) -> Result<Vec<(GroupId, Seq)>, StoreError>;
     /// Persists a batch of messages in one transaction (group commit), one result per
-    /// message in order. Ids increase in commit order within a group. A `client_msg_id`
+    /// message in order. Each message gets the next sequence number of its group (gap-free);
+    /// ids and sequence numbers increase in commit order within a group. A `client_msg_id`
     /// already used by the sender returns the stored message and `false`.
     async fn insert_messages(&self, batch: Vec<NewMessage>) -> Vec<Result<(Message, bool), StoreError>>;
     /// One message: a batch of one.
@@ -79,8 +82,15 @@ pub trait Store: Send + Sync {
             .pop()
             .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::RowNotFound)))
     }
-    /// Removes a message whose inbox fan-out failed, so no half-sent message stays visible.
-    async fn delete_message(&self, id: MessageId) -> Result<(), StoreError>;
     async fn messages(&self, group: GroupId, page: Page) -> Result<Vec<Message>, StoreError>;
+    /// Catch-up: the messages of each `(group, seq)` above `seq`, sent after `since_ms`, in id
+    /// order, at most `limit`. Whatever is returned of a group is a gap-free run from its
+    /// first message above `seq` (older than `since_ms` aside).
+    async fn messages_after(
+        &self,
+        after: &[(GroupId, Seq)],
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,7 +1,7 @@
 //! `Store` over sqlx's `Any` driver: one implementation for MySQL and SQLite. Statements
 //! use `?` placeholders, which both accept; the few that differ live in [`Dialect`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{NewMessage, Page, Store, StoreError};
 use crate::metrics::Metrics;
-use crate::model::{Group, GroupId, Message, MessageId, User, UserId};
+use crate::model::{Group, GroupId, Message, MessageId, Seq, User, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -36,6 +36,8 @@ impl Dialect {
 pub struct Database {
     pub pool: AnyPool,
     pub dialect: Dialect,
+    /// One multi-row insert gets consecutive ids (see `SqlStore::assign_ids`).
+    pub consecutive_ids: bool,
 }
 
 impl Database {
@@ -43,9 +45,11 @@ impl Database {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
-            Ok(Database { pool: super::sqlite::connect(url).await?, dialect: Dialect::Sqlite })
+            Ok(Database { pool: super::sqlite::connect(url).await?, dialect: Dialect::Sqlite, consecutive_ids: true })
         } else {
-            Ok(Database { pool: super::mysql::connect(url).await?, dialect: Dialect::MySql })
+            let pool = super::mysql::connect(url).await?;
+            let consecutive_ids = super::mysql::consecutive_ids(&pool).await?;
+            Ok(Database { pool, dialect: Dialect::MySql, consecutive_ids })
         }
     }
 }
@@ -100,85 +104,174 @@ impl SqlStore {
         Ok(found)
     }
 
-    /// Writes a batch in one transaction. Ids increase in commit order within each group: on
-    /// MySQL the batch first locks its groups' rows (in id order, so concurrent batches cannot
-    /// deadlock); SQLite has a single writer. A retried `client_msg_id` returns the stored
-    /// message, also when the first attempt is in the same batch.
+    /// Writes a batch: one transaction of four statements, whatever its size.
+    ///
+    /// 1. `UPDATE groups SET last_seq = last_seq + n` for every group in the batch: this
+    ///    reserves each group's next sequence numbers and holds the group rows until commit,
+    ///    so ids and sequence numbers both increase in commit order within a group.
+    /// 2. `SELECT last_seq` of those groups, to learn the reserved ranges.
+    /// 3. One multi-row `INSERT IGNORE` of the messages with their sequence numbers.
+    /// 4. `COMMIT`.
+    ///
+    /// Idempotency is folded into the insert: a retried `client_msg_id` makes the insert skip
+    /// a row. That is rare, and a skipped row would leave a hole in its group's sequence, so
+    /// the transaction is rolled back, the retries are answered from the stored messages, and
+    /// the rest is written again.
     async fn write_batch(&self, batch: &[NewMessage]) -> Result<Vec<Result<(Message, bool), StoreError>>, sqlx::Error> {
-        let key = |m: &NewMessage| m.client_msg_id.as_ref().map(|c| (m.sender_id, c.clone()));
-        let keys: Vec<(UserId, &str)> =
-            batch.iter().filter_map(|m| m.client_msg_id.as_deref().map(|c| (m.sender_id, c))).collect();
-        let mut known = if keys.is_empty() { HashMap::new() } else { self.stored_by_client_id(&keys).await? };
-        let same = |found: &Message, m: &NewMessage| {
-            if found.group_id == m.group_id && found.content == m.content {
-                Ok((found.clone(), false))
-            } else {
-                Err(StoreError::ClientMsgIdReused)
-            }
-        };
-        let mut results: Vec<Option<Result<(Message, bool), StoreError>>> = Vec::with_capacity(batch.len());
-        let mut tx = self.pool().begin().await?;
-        if self.db.dialect == Dialect::MySql {
-            let mut groups: Vec<GroupId> = batch.iter().map(|m| m.group_id).collect();
-            groups.sort_unstable();
-            groups.dedup();
-            let sql =
-                format!("SELECT id FROM `groups` WHERE id IN ({}) ORDER BY id FOR UPDATE", placeholders(groups.len()));
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for g in &groups {
-                q = q.bind(*g);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for m in batch {
-            if let Some(found) = key(m).and_then(|k| known.get(&k)) {
-                results.push(Some(same(found, m)));
-                continue;
-            }
-            let res = sqlx::query(
-                "INSERT INTO messages (group_id, sender_id, content, sent_at_ms, client_msg_id) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(m.group_id)
-            .bind(m.sender_id)
-            .bind(&m.content)
-            .bind(m.sent_at_ms)
-            .bind(&m.client_msg_id)
-            .execute(&mut *tx)
-            .await;
-            match res {
-                Ok(done) => {
-                    let message = Message {
-                        message_id: inserted_id(&done, &mut tx).await?,
-                        group_id: m.group_id,
-                        sender_id: m.sender_id,
-                        content: m.content.clone(),
-                        sent_at_ms: m.sent_at_ms,
-                    };
-                    if let Some(k) = key(m) {
-                        known.insert(k, message.clone());
-                    }
-                    results.push(Some(Ok((message, true))));
-                }
-                // A concurrent retry on another connection won; read it after the commit.
-                Err(e) if is_unique_violation(&e) => results.push(None),
-                Err(e) => return Err(e),
+        let mut results: Vec<Option<Result<(Message, bool), StoreError>>> = batch.iter().map(|_| None).collect();
+        // The first of several items with one key in this batch is written; the others are
+        // its retries and get its result.
+        let mut first_of: HashMap<(UserId, &str), usize> = HashMap::new();
+        let mut fresh: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            match key(m).map(|k| *first_of.entry(k).or_insert(i)) {
+                Some(first) if first != i => repeats.push((i, first)),
+                _ => fresh.push(i),
             }
         }
-        tx.commit().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (m, result) in batch.iter().zip(results) {
-            out.push(match result {
-                Some(r) => r,
-                None => {
-                    let (sender, client_id) = (m.sender_id, m.client_msg_id.as_deref().unwrap_or_default());
-                    match self.stored_by_client_id(&[(sender, client_id)]).await?.into_values().next() {
-                        Some(found) => same(&found, m),
-                        None => Err(StoreError::Unavailable(sqlx::Error::RowNotFound)),
-                    }
+        // A collision means some items are retries of stored messages: answer those from
+        // the store and write the rest. Twice is enough unless retries keep racing in.
+        for _ in 0..3 {
+            if let Some(messages) = self.try_write(batch, &fresh).await? {
+                for (i, m) in fresh.drain(..).zip(messages) {
+                    results[i] = Some(Ok((m, true)));
                 }
+                break;
+            }
+            let keys: Vec<(UserId, &str)> = fresh.iter().filter_map(|i| key(&batch[*i])).collect();
+            let stored = self.stored_by_client_id(&keys).await?;
+            fresh.retain(|i| {
+                let m = &batch[*i];
+                let Some(found) = key(m).and_then(|(s, c)| stored.get(&(s, c.to_owned()))) else { return true };
+                results[*i] = Some(same(found, m));
+                false
             });
         }
-        Ok(out)
+        for (i, first) in repeats {
+            results[i] = match &results[first] {
+                Some(Ok((found, _))) => Some(same(found, &batch[i])),
+                _ => None,
+            };
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::RowNotFound)))).collect())
+    }
+
+    /// One attempt at the transaction of [`Self::write_batch`] for `batch[i]`, `i` in
+    /// `items`. `None` when a row was skipped as a retry (the transaction is rolled back).
+    async fn try_write(&self, batch: &[NewMessage], items: &[usize]) -> Result<Option<Vec<Message>>, sqlx::Error> {
+        if items.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut counts: BTreeMap<GroupId, i64> = BTreeMap::new();
+        for i in items {
+            *counts.entry(batch[*i].group_id).or_default() += 1;
+        }
+        let mut tx = self.pool().begin().await?;
+        let sql = format!(
+            "UPDATE `groups` SET last_seq = last_seq + CASE id {} END WHERE id IN ({})",
+            "WHEN ? THEN ? ".repeat(counts.len()),
+            placeholders(counts.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (g, n) in &counts {
+            q = q.bind(*g).bind(*n);
+        }
+        for g in counts.keys() {
+            q = q.bind(*g);
+        }
+        q.execute(&mut *tx).await?;
+        let sql = format!("SELECT id, last_seq FROM `groups` WHERE id IN ({})", placeholders(counts.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for g in counts.keys() {
+            q = q.bind(*g);
+        }
+        // The next free sequence number of each group, handed out in batch order.
+        let mut next: HashMap<GroupId, Seq> = HashMap::with_capacity(counts.len());
+        for row in q.fetch_all(&mut *tx).await? {
+            let (g, last): (GroupId, Seq) = (row.try_get(0)?, row.try_get(1)?);
+            next.insert(g, last - counts.get(&g).copied().unwrap_or(0) + 1);
+        }
+        let mut messages = Vec::with_capacity(items.len());
+        for i in items {
+            let m = &batch[*i];
+            let seq = next.get_mut(&m.group_id).ok_or(sqlx::Error::RowNotFound)?;
+            messages.push(Message {
+                message_id: 0,
+                group_id: m.group_id,
+                seq: *seq,
+                sender_id: m.sender_id,
+                content: m.content.clone(),
+                sent_at_ms: m.sent_at_ms,
+            });
+            *seq += 1;
+        }
+        let sql = format!(
+            "{} INTO messages (group_id, seq, sender_id, content, sent_at_ms, client_msg_id) VALUES {}",
+            self.db.dialect.insert_ignore(),
+            vec!["(?, ?, ?, ?, ?, ?)"; items.len()].join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (i, m) in items.iter().zip(&messages) {
+            q = q
+                .bind(m.group_id)
+                .bind(m.seq)
+                .bind(m.sender_id)
+                .bind(&m.content)
+                .bind(m.sent_at_ms)
+                .bind(&batch[*i].client_msg_id);
+        }
+        let done = q.execute(&mut *tx).await?;
+        if done.rows_affected() != items.len() as u64 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        self.assign_ids(&done, &mut tx, &mut messages).await?;
+        tx.commit().await?;
+        Ok(Some(messages))
+    }
+
+    /// Fills in the ids a multi-row insert just gave `messages`. Where the database hands
+    /// out consecutive ids to one statement (SQLite's single writer; InnoDB unless
+    /// `innodb_autoinc_lock_mode = 2`) they follow from the last insert id; otherwise they
+    /// are read back by (group, seq).
+    async fn assign_ids(
+        &self,
+        done: &AnyQueryResult,
+        tx: &mut AnyConnection,
+        messages: &mut [Message],
+    ) -> Result<(), sqlx::Error> {
+        let n = messages.len() as i64;
+        let first = match (self.db.dialect, done.last_insert_id()) {
+            (Dialect::MySql, Some(first)) if self.db.consecutive_ids => Some(first),
+            (Dialect::Sqlite, _) => {
+                let last: i64 = sqlx::query("SELECT last_insert_rowid()").fetch_one(&mut *tx).await?.try_get(0)?;
+                Some(last - n + 1)
+            }
+            _ => None,
+        };
+        if let Some(first) = first {
+            for (k, m) in messages.iter_mut().enumerate() {
+                m.message_id = first + k as i64;
+            }
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT id, group_id, seq FROM messages WHERE {}",
+            vec!["(group_id = ? AND seq = ?)"; messages.len()].join(" OR ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for m in messages.iter() {
+            q = q.bind(m.group_id).bind(m.seq);
+        }
+        let mut ids: HashMap<(GroupId, Seq), MessageId> = HashMap::new();
+        for row in q.fetch_all(&mut *tx).await? {
+            ids.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+        }
+        for m in messages.iter_mut() {
+            m.message_id = *ids.get(&(m.group_id, m.seq)).ok_or(sqlx::Error::RowNotFound)?;
+        }
+        Ok(())
     }
 
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
@@ -189,6 +282,20 @@ impl SqlStore {
         }
         let found: Vec<i64> = q.fetch_all(self.pool()).await?.iter().map(|r| r.get::<i64, _>(0)).collect();
         Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
+    }
+}
+
+/// The idempotency key of a send, if it has one.
+fn key(m: &NewMessage) -> Option<(UserId, &str)> {
+    m.client_msg_id.as_deref().map(|c| (m.sender_id, c))
+}
+
+/// The answer to a retried send: the stored message if it is the same message, else an error.
+fn same(found: &Message, m: &NewMessage) -> Result<(Message, bool), StoreError> {
+    if found.group_id == m.group_id && found.content == m.content {
+        Ok((found.clone(), false))
+    } else {
+        Err(StoreError::ClientMsgIdReused)
     }
 }
 
@@ -208,19 +315,11 @@ fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {
     Ok(Message {
         message_id: r.try_get("id")?,
         group_id: r.try_get("group_id")?,
+        seq: r.try_get("seq")?,
         sender_id: r.try_get("sender_id")?,
         content: r.try_get("content")?,
         sent_at_ms: r.try_get("sent_at_ms")?,
     })
-}
-
-/// The id a statement just inserted. The Any driver reports it for MySQL; for SQLite it is
-/// read on the same connection.
-async fn inserted_id(done: &AnyQueryResult, conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
-    match done.last_insert_id() {
-        Some(id) => Ok(id),
-        None => sqlx::query("SELECT last_insert_rowid()").fetch_one(conn).await?.try_get(0),
-    }
 }
 
 /// A deadlock or serialization failure: the transaction was rolled back and can simply run
@@ -248,7 +347,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-const MESSAGE_COLUMNS: &str = "id, group_id, sender_id, content, sent_at_ms";
+const MESSAGE_COLUMNS: &str = "id, group_id, seq, sender_id, content, sent_at_ms";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -413,13 +512,15 @@ impl Store for SqlStore {
         Ok(groups)
     }
 
-    async fn user_group_ids(&self, user: UserId) -> Result<Vec<GroupId>, StoreError> {
-        let _t = self.metrics.time_query("user_group_ids");
-        let rows = sqlx::query("SELECT group_id FROM group_members WHERE user_id = ?")
-            .bind(user)
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
+    async fn user_group_heads(&self, user: UserId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        let _t = self.metrics.time_query("user_group_heads");
+        let rows = sqlx::query(
+            "SELECT g.id, g.last_seq FROM group_members m JOIN `groups` g ON g.id = m.group_id WHERE m.user_id = ?",
+        )
+        .bind(user)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?)
     }
 
     async fn insert_messages(&self, batch: Vec<NewMessage>) -> Vec<Result<(Message, bool), StoreError>> {
@@ -431,12 +532,6 @@ impl Store for SqlStore {
                 batch.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::Protocol(e.to_string())))).collect()
             }
         }
-    }
-
-    async fn delete_message(&self, id: MessageId) -> Result<(), StoreError> {
-        let _t = self.metrics.time_query("delete_message");
-        sqlx::query("DELETE FROM messages WHERE id = ?").bind(id).execute(self.pool()).await?;
-        Ok(())
     }
 
     async fn messages(&self, group: GroupId, page: Page) -> Result<Vec<Message>, StoreError> {
@@ -456,6 +551,35 @@ impl Store for SqlStore {
             .await?;
         let mut out = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
         out.sort_unstable_by_key(|m| m.message_id);
+        Ok(out)
+    }
+
+    async fn messages_after(
+        &self,
+        after: &[(GroupId, Seq)],
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let _t = self.metrics.time_query("messages_after");
+        let mut out = Vec::new();
+        for chunk in after.chunks(200) {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE ({}) AND sent_at_ms > ? ORDER BY id LIMIT ?",
+                vec!["(group_id = ? AND seq > ?)"; chunk.len()].join(" OR ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (g, seq) in chunk {
+                q = q.bind(*g).bind(*seq);
+            }
+            let rows = q.bind(since_ms).bind(i64::from(limit)).fetch_all(self.pool()).await?;
+            for r in &rows {
+                out.push(message_from_row(r)?);
+            }
+        }
+        // Each chunk is a prefix of its groups' logs in id order; so is the merged list cut
+        // at `limit`.
+        out.sort_unstable_by_key(|m| m.message_id);
+        out.truncate(limit as usize);
         Ok(out)
     }
 

@@ -2,6 +2,7 @@
 //! unknown user 404, draining 503 + Retry-After), then runs a [`session`].
 
 mod coalesce;
+mod cursor;
 pub mod protocol;
 mod session;
 

@@ -3,16 +3,15 @@
 //! The reader owns the read half and is the only caller of `read_frame`, which is not
 //! cancel-safe: it is never raced in a `select!`. Its heartbeat timeout wraps `read_frame`,
 //! but when that timer fires the session ends, so the interrupted read is never polled again.
-//! It turns client frames into [`Control`] items for the writer and hands acks to the inbox
-//! remover directly.
+//! It turns client frames into [`Control`] items for the writer.
 //!
-//! The writer owns the write half and follows DESIGN §4 on connect: register with the hub,
-//! subscribe the user's groups and wait for confirmation, say `hello`, replay the inbox in id
-//! order, then go live, dropping any live message whose id it already wrote.
+//! The writer owns the write half and follows the connect order of docs/delivery.md:
+//! register with the hub, subscribe the user's groups and wait for confirmation, say
+//! `hello`, catch up on every group whose log passed the user's position, then go live. Its
+//! [`Cursors`] drop repeats, hold messages that arrive past a hole, and say which positions
+//! to record once messages are delivered.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
@@ -20,12 +19,14 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::coalesce::Coalesce;
-use super::protocol::{self, ClientFrame, close};
+use super::cursor::{Cursors, Offer};
+use super::protocol::{self, ClientFrame, MAX_ACK_IDS, close};
 use crate::app::AppState;
 use crate::hub::{Delivery, Outbound, SessionHandle};
-use crate::model::{MessageId, UserId, now_us};
+use crate::model::{GroupId, Message, MessageId, Seq, UserId, now_ms, now_us};
 
 type Io = TokioIo<Upgraded>;
 
@@ -40,31 +41,10 @@ enum Control {
     CloseEcho(Vec<u8>),
     /// Close with this code (protocol violation, too large, heartbeat timeout).
     Close(u16),
+    /// The client acknowledged these messages.
+    Ack(Vec<MessageId>),
     /// The connection dropped without a close frame.
     Gone,
-}
-
-/// Ids recently written to this session, to drop duplicates (replay overlapping live,
-/// resync replays, republished retries). Allocates only once messages flow.
-#[derive(Default)]
-struct Recent {
-    ids: VecDeque<MessageId>,
-}
-
-impl Recent {
-    const CAP: usize = 1024;
-
-    /// Records `id`; false if it was already written.
-    fn insert(&mut self, id: MessageId) -> bool {
-        if self.ids.contains(&id) {
-            return false;
-        }
-        if self.ids.len() == Self::CAP {
-            self.ids.pop_front();
-        }
-        self.ids.push_back(id);
-        true
-    }
 }
 
 /// Runs a session on an upgraded connection until it closes.
@@ -79,17 +59,15 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     metrics.ws_connections.inc();
     tracing::info!(session = handle.id, user_id, node = %state.node, "session connected");
 
-    let acking = Arc::new(AtomicBool::new(ack_mode));
     let (control_tx, control_rx) = mpsc::channel(32);
     let (live_tx, live) = tokio::sync::oneshot::channel();
-    let reader = tokio::spawn(read_loop(read, control_tx, live, state.clone(), user_id, acking.clone()));
+    let reader = tokio::spawn(read_loop(read, control_tx, live, state.clone(), user_id));
     let mut writer = Writer {
         ws: write,
-        recent: Recent::default(),
-        unflushed: Vec::new(),
+        cursors: Cursors::default(),
         state: state.clone(),
         handle: handle.clone(),
-        acking,
+        acking: ack_mode,
         live: Some(live_tx),
     };
     let reason = writer.run(queue, control_rx).await;
@@ -97,6 +75,8 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     // never polled again.
     reader.abort();
     state.hub.detach(&handle);
+    // The client may reconnect at once, elsewhere: let it find its positions written.
+    state.recorder.nudge();
     metrics.ws_connections.dec();
     if state.lifecycle.is_draining() {
         metrics.drain_sessions_remaining.set(state.hub.session_count() as i64);
@@ -107,16 +87,14 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
 
 struct Writer {
     ws: WebSocketWrite<Coalesce<WriteHalf<Io>>>,
-    recent: Recent,
-    /// Messages in the write buffer whose inbox entries go once a flush succeeds
-    /// (non-acking clients only).
-    unflushed: Vec<MessageId>,
+    cursors: Cursors,
     /// Fired once `hello` is out: the client's heartbeat clock starts there, so a slow
     /// session setup (a storm, a slow backend) is not mistaken for a silent client.
     live: Option<tokio::sync::oneshot::Sender<()>>,
     state: Arc<AppState>,
     handle: Arc<SessionHandle>,
-    acking: Arc<AtomicBool>,
+    /// The client acknowledges messages (`?ack=1` or its first ack); stays so once set.
+    acking: bool,
 }
 
 impl Writer {
@@ -128,7 +106,8 @@ impl Writer {
             Err(_) => return "error",
         }
         loop {
-            // All three branches are cancel-safe (token, mpsc receivers); writes happen in
+            let gap = self.cursors.gap_deadline();
+            // Every branch is cancel-safe (token, mpsc receivers, a timer); writes happen in
             // the branch bodies, never inside the select.
             let step = tokio::select! {
                 biased;
@@ -138,6 +117,9 @@ impl Writer {
                     Some(item) => self.outbound_batch(item, &mut queue).await.map(|()| None),
                     None => Ok(Some("error")),
                 },
+                () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
+                    self.fill_holes().await.map(|()| None)
+                }
             };
             let step = match step {
                 Ok(None) => self.flush().await.map(|()| None),
@@ -152,18 +134,28 @@ impl Writer {
         }
     }
 
-    /// Hello, hub registration, group subscriptions, inbox replay. Ok(false) if the session
+    /// Hub registration, group subscriptions, hello, catch-up. Ok(false) if the session
     /// was asked to close meanwhile.
     async fn start(&mut self) -> Result<bool, WebSocketError> {
+        let user = self.handle.user_id;
         self.state.hub.attach(&self.handle).await;
-        let groups = match self.state.store.user_group_ids(self.handle.user_id).await {
-            Ok(groups) => groups,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load groups; closing session");
-                self.handle.close(close::INTERNAL);
-                return Ok(false);
+        let Some(heads) = self.heads().await else { return Ok(false) };
+        // Only a group with messages can have anything to catch up on.
+        if heads.iter().any(|(_, head)| *head > 0) {
+            match self.state.inbox.positions(user).await {
+                Ok(positions) => {
+                    for (g, _) in &heads {
+                        self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
+                    }
+                }
+                Err(e) => return Ok(self.backend_failed("positions", &e)),
             }
-        };
+        } else {
+            for (g, _) in &heads {
+                self.cursors.track(*g, 0);
+            }
+        }
+        let groups: Vec<GroupId> = heads.iter().map(|(g, _)| *g).collect();
         self.state.hub.join(&self.handle, &groups).await;
         if self.handle.is_closed() {
             return Ok(false);
@@ -177,32 +169,77 @@ impl Writer {
         if let Some(live) = self.live.take() {
             let _ = live.send(());
         }
-        self.replay().await?;
+        let behind = self.cursors.behind(&heads);
+        self.catch_up(behind).await?;
         self.flush().await?;
         Ok(!self.handle.is_closed())
     }
 
-    /// Writes pending inbox entries not yet written in this session, in id order.
-    async fn replay(&mut self) -> Result<(), WebSocketError> {
-        let user = self.handle.user_id;
-        let pending = match self.state.inbox.pending(user, self.state.config.replay_limit).await {
-            Ok(p) => p,
+    /// The user's groups with their last sequence numbers; `None` (and a 1011 close) when
+    /// the store cannot say.
+    async fn heads(&mut self) -> Option<Vec<(GroupId, Seq)>> {
+        match self.state.store.user_group_heads(self.handle.user_id).await {
+            Ok(heads) => Some(heads),
             Err(e) => {
-                // Without the inbox nothing can be promised; the client retries with backoff.
-                tracing::warn!(error = %e, user_id = user, "inbox replay failed; closing session");
-                self.handle.close(close::INTERNAL);
+                self.backend_failed("groups", &e);
+                None
+            }
+        }
+    }
+
+    /// Without its backends a session can promise nothing: close with 1011, the client
+    /// retries with backoff. Returns false for `start`.
+    fn backend_failed(&self, what: &str, e: &dyn std::fmt::Display) -> bool {
+        tracing::warn!(error = %e, user_id = self.handle.user_id, what, "backend failed; closing session");
+        self.handle.close(close::INTERNAL);
+        false
+    }
+
+    /// Writes, in id order, every stored message of the given groups above the given
+    /// sequence numbers (and within the catch-up window), page by page.
+    async fn catch_up(&mut self, mut from: Vec<(GroupId, Seq)>) -> Result<(), WebSocketError> {
+        let cfg = &self.state.config;
+        let (limit, since) = (cfg.replay_limit, now_ms() - cfg.inbox_ttl as i64 * 1000);
+        while !from.is_empty() {
+            let page = match self.state.store.messages_after(&from, since, limit).await {
+                Ok(page) => page,
+                Err(e) => {
+                    self.backend_failed("catch-up", &e);
+                    return Ok(());
+                }
+            };
+            for m in &page {
+                if self.cursors.is_new(m.group_id, m.seq) {
+                    self.write_stored(m).await?;
+                }
+            }
+            for (g, _) in &from {
+                self.write_held(*g).await?;
+            }
+            if page.len() < limit as usize {
                 return Ok(());
             }
-        };
-        if pending.len() >= self.state.config.replay_limit as usize {
-            // More may be waiting; they come with the next replay or the history API.
-            self.state.metrics.limit_rejections.with_label_values(&["replay"]).inc();
+            from = self.cursors.behind(&from.iter().map(|(g, _)| (*g, Seq::MAX)).collect::<Vec<_>>());
         }
-        for m in pending {
-            if self.recent.insert(m.message_id) {
-                self.send(&m.frame()).await?;
-                self.state.metrics.messages_delivered.with_label_values(&["replay"]).inc();
-                self.written(m.message_id, m.sender_id);
+        Ok(())
+    }
+
+    /// Holes that did not fill by themselves: read them from the store. What the store
+    /// does not have either has expired, and the held messages after it go out.
+    async fn fill_holes(&mut self) -> Result<(), WebSocketError> {
+        let overdue = self.cursors.overdue(Instant::now());
+        if overdue.is_empty() {
+            return Ok(());
+        }
+        self.state.metrics.gap_fetches.inc_by(overdue.len() as u64);
+        let groups: Vec<GroupId> = overdue.iter().map(|(g, _)| *g).collect();
+        self.catch_up(overdue).await?;
+        if self.handle.is_closed() {
+            return Ok(());
+        }
+        for g in groups {
+            for d in self.cursors.skip_hole(g) {
+                self.write_live(&d).await?;
             }
         }
         Ok(())
@@ -227,23 +264,55 @@ impl Writer {
 
     async fn outbound(&mut self, item: Outbound) -> Result<(), WebSocketError> {
         match item {
-            Outbound::Message(d) => self.deliver(&d).await,
-            Outbound::Frame(frame) => self.send(&frame).await,
-            Outbound::Replay => {
-                // Group announcements made while the backplane was away were missed too:
-                // pick up new groups before replaying.
-                if let Ok(groups) = self.state.store.user_group_ids(self.handle.user_id).await {
-                    self.state.hub.join(&self.handle, &groups).await;
+            Outbound::Message(d) => match self.cursors.offer(&d, Instant::now()) {
+                Offer::Write => {
+                    self.write_live(&d).await?;
+                    self.write_held(d.group_id).await
                 }
-                self.replay().await
+                Offer::Repeat | Offer::Held => Ok(()),
+            },
+            Outbound::Joined { group_id, frame } => {
+                self.send(&frame).await?;
+                // A brand-new group: nothing of it was delivered to this user before.
+                self.cursors.track(group_id, 0);
+                let from = self.cursors.behind(&[(group_id, Seq::MAX)]);
+                self.catch_up(from).await
             }
+            Outbound::Resync => self.resync().await,
         }
     }
 
-    async fn deliver(&mut self, d: &Delivery) -> Result<(), WebSocketError> {
-        if !self.recent.insert(d.message_id) {
-            return Ok(());
+    /// After a backplane outage: pick up groups joined meanwhile (their announcements were
+    /// lost too), then catch up on every group from where this session stands.
+    async fn resync(&mut self) -> Result<(), WebSocketError> {
+        let Some(heads) = self.heads().await else { return Ok(()) };
+        if heads.iter().any(|(g, _)| !self.cursors.is_tracked(*g)) {
+            let positions = match self.state.inbox.positions(self.handle.user_id).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.backend_failed("positions", &e);
+                    return Ok(());
+                }
+            };
+            for (g, _) in &heads {
+                self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
+            }
+            let groups: Vec<GroupId> = heads.iter().map(|(g, _)| *g).collect();
+            self.state.hub.join(&self.handle, &groups).await;
         }
+        let behind = self.cursors.behind(&heads);
+        self.catch_up(behind).await
+    }
+
+    /// Writes held messages of `group` that now follow what was written.
+    async fn write_held(&mut self, group: GroupId) -> Result<(), WebSocketError> {
+        while let Some(d) = self.cursors.next_held(group) {
+            self.write_live(&d).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_live(&mut self, d: &Delivery) -> Result<(), WebSocketError> {
         self.send(&d.frame).await?;
         let m = &self.state.metrics;
         m.messages_delivered.with_label_values(&["live"]).inc();
@@ -255,15 +324,27 @@ impl Writer {
             node = %self.state.node,
             "delivered"
         );
-        self.written(d.message_id, d.sender_id);
+        self.cursors.wrote(d.group_id, d.seq, d.message_id, self.acking);
         Ok(())
     }
 
-    /// A frame went into the write buffer. For a client that never acks, the flush that
-    /// hands it to the socket makes it delivered.
-    fn written(&mut self, message_id: MessageId, sender_id: UserId) {
-        if !self.acking.load(Ordering::Relaxed) && sender_id != self.handle.user_id {
-            self.unflushed.push(message_id);
+    /// Writes a message read from the store. The user's own messages are passed over (the
+    /// client that sent them has them; history has them for the others), as delivered.
+    async fn write_stored(&mut self, m: &Message) -> Result<(), WebSocketError> {
+        if m.sender_id == self.handle.user_id {
+            self.cursors.wrote(m.group_id, m.seq, m.message_id, false);
+            return Ok(());
+        }
+        self.send(&m.frame()).await?;
+        self.state.metrics.messages_delivered.with_label_values(&["replay"]).inc();
+        self.cursors.wrote(m.group_id, m.seq, m.message_id, self.acking);
+        Ok(())
+    }
+
+    /// Records positions that moved.
+    fn record(&self, moved: Vec<(GroupId, Seq)>) {
+        for (g, seq) in moved {
+            self.state.recorder.record(self.handle.user_id, g, seq);
         }
     }
 
@@ -284,6 +365,17 @@ impl Writer {
                 Ok(Some(close::reason(code)))
             }
             Control::Gone => Ok(Some("client_gone")),
+            Control::Ack(ids) => {
+                self.acking = true;
+                let moved = self.cursors.acked(&ids);
+                self.record(moved);
+                if self.cursors.unacked() > MAX_ACK_IDS {
+                    // A client that stopped acknowledging: it gets everything again from
+                    // its position when it returns.
+                    self.handle.close(close::SLOW_CONSUMER);
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -341,15 +433,15 @@ impl Writer {
     }
 
     /// Sends the buffered frames, bounded by the write timeout: a client that stopped
-    /// reading must not pin its session.
+    /// reading must not pin its session. For a client that never acks, what a flush handed
+    /// to the socket is delivered.
     async fn flush(&mut self) -> Result<(), WebSocketError> {
         match tokio::time::timeout(self.write_timeout(), self.ws.flush()).await {
             Ok(res) => res?,
             Err(_) => return Err(WebSocketError::IoError(std::io::ErrorKind::TimedOut.into())),
         }
-        for id in self.unflushed.drain(..) {
-            self.state.remover.remove(self.handle.user_id, id);
-        }
+        let moved = self.cursors.flushed();
+        self.record(moved);
         Ok(())
     }
 
@@ -364,7 +456,6 @@ async fn read_loop(
     live: tokio::sync::oneshot::Receiver<()>,
     state: Arc<AppState>,
     user_id: UserId,
-    acking: Arc<AtomicBool>,
 ) {
     // Nothing is read before `hello`; early frames wait in the socket. If the writer gives
     // up before hello, the session is ending anyway.
@@ -444,9 +535,8 @@ async fn read_loop(
                 }
             }
             Ok(ClientFrame::Ack(ids)) => {
-                acking.store(true, Ordering::Relaxed);
-                for id in ids {
-                    state.remover.remove(user_id, id);
+                if control.send(Control::Ack(ids)).await.is_err() {
+                    return;
                 }
             }
             Err(e) => {
@@ -456,20 +546,4 @@ async fn read_loop(
         }
     };
     let _ = control.send(outcome).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_drops_repeats_and_forgets_the_oldest() {
-        let mut r = Recent::default();
-        assert!(r.insert(1));
-        assert!(!r.insert(1));
-        for id in 2..=(Recent::CAP as i64 + 1) {
-            assert!(r.insert(id));
-        }
-        assert!(r.insert(1), "evicted after CAP newer ids");
-    }
 }
