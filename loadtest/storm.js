@@ -1,7 +1,7 @@
 // (c) Reconnect storm: CLIENTS users in 1:1 pairs, all connected (acking). At one instant
 // every socket is dropped; while they are away each user is sent MISSED messages by its
-// partner; then every client reconnects at once, each after random(0, JITTER ms) (DESIGN
-// §5's backoff for the first attempt). sb_recovery_ms is, per client, the time from the
+// partner; then every client reconnects at once, each after random(0, JITTER ms) (the reconnect
+// backoff of docs/protocol.md, first attempt). sb_recovery_ms is, per client, the time from the
 // storm's start until it is back and has received everything it missed; its max is the
 // storm's recovery time. Loss/duplicate/order: lib/switchboard.js.
 //

@@ -7,22 +7,21 @@ Two ways to run it:
              scripts/render-dashboard.py render --prometheus http://127.0.0.1:9090 \\
                  --since 15m --out docs/dashboard.png
 
-  demo     Start a small fleet, generate traffic and render what it did (this is how
+  demo     Start the local fleet, drive it with loadgen and render what it did (this is how
            docs/dashboard.png is made):
-             scripts/render-dashboard.py demo --seconds 80 --out docs/dashboard.png
-           It starts two nodes of target/debug/switchboard (MariaDB at 127.0.0.1:3306 and
-           Redis at 127.0.0.1:6379, as scripts/services.sh provides), a Prometheus scraping
-           their admin listeners every second with prometheus/rules loaded, and a traffic
-           generator: users on both nodes writing to each other at a varying rate, heartbeats,
-           session churn, 4xx requests, refused upgrades, protocol errors, an oversized frame
-           and a heartbeat timeout. Around 55 % of the run node 2 is drained (POST
-           /admin/drain, closing one session a second), its clients reconnect to node 1, and
-           node 2 is started again once it has exited, as in a rolling deploy.
+             scripts/render-dashboard.py demo --seconds 120 --out docs/dashboard.png
+           It runs haproxy/fleet.sh up (three nodes of target/debug/switchboard behind HAProxy
+           on :8080, with MariaDB at 127.0.0.1:3306 and Redis at 127.0.0.1:6379, as
+           scripts/services.sh provides; the fleet's fixed ports must be free), a Prometheus
+           with prometheus/prometheus.yml (which scrapes that fleet, rules loaded), and
+           target/debug/loadgen: `chat` through HAProxy for the whole run, and `connections`
+           that never send a heartbeat, so the nodes close them with 4000. At 40 % of the run,
+           fleet.sh restart-rolling drains each node in turn (two closes a second, so the drain
+           shows), its clients reconnect to the others, and it starts again.
 
 The panels are found by title in the dashboard JSON and their queries run as written there,
 with $node -> .* and $__rate_interval -> --rate-interval, so the picture shows exactly what
-Grafana would. Needs python3 with matplotlib (and websocket-client for demo):
-  pip install matplotlib websocket-client
+Grafana would. Needs python3 with matplotlib (pip install matplotlib).
 """
 
 import argparse
@@ -30,7 +29,6 @@ import datetime as dt
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
@@ -38,7 +36,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -46,7 +43,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(ROOT, "grafana", "dashboards", "switchboard.json")
-RULES = os.path.join(ROOT, "prometheus", "rules", "switchboard.yml")
+PROMETHEUS_CONFIG = os.path.join(ROOT, "prometheus", "prometheus.yml")
+FLEET = os.path.join(ROOT, "haproxy", "fleet.sh")
 
 # The panels drawn, in grid order (titles as in the dashboard JSON).
 PANELS = [
@@ -243,7 +241,7 @@ def human(seconds):
 
 
 # ---------------------------------------------------------------------------------------
-# demo: a two-node fleet, Prometheus and a traffic generator
+# demo: the local fleet (haproxy/fleet.sh), Prometheus, and loadgen for the traffic
 
 
 def free_port():
@@ -267,368 +265,67 @@ def wait_http(url, seconds=30, proc=None):
     raise RuntimeError(f"{url} never answered 200")
 
 
-class Node:
-    def __init__(self, name, binary, env, logdir):
-        self.name, self.binary, self.env, self.logdir = name, binary, env, logdir
-        self.port, self.admin = free_port(), free_port()
-        self.proc = None
-        # Set by Traffic's health checker (every second, like a load balancer's check).
-        self.is_ready = True
-
-    @property
-    def base(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin_base(self):
-        return f"http://127.0.0.1:{self.admin}"
-
-    def start(self):
-        log = open(os.path.join(self.logdir, f"{self.name}.log"), "a")
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--listen", f"127.0.0.1:{self.port}",
-                "--admin-listen", f"127.0.0.1:{self.admin}",
-                "--node-id", self.name,
-                # Close one session a second while draining, so the drain is visible.
-                "--drain-close-rate", "1",
-                "--drain-timeout", "60",
-            ],
-            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )
-        wait_http(self.admin_base + "/readyz", proc=self.proc)
-
-    def ready(self):
-        return self.is_ready
-
-    def check(self):
-        try:
-            with urllib.request.urlopen(self.admin_base + "/readyz", timeout=1) as res:
-                return res.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def post(base, path, **fields):
-    """(status, JSON body) of a form POST; 4xx/5xx come back as status, not exceptions."""
-    data = urllib.parse.urlencode(fields).encode()
-    req = urllib.request.Request(base + path, data=data, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as res:
-            return res.status, json.load(res)
-    except urllib.error.HTTPError as e:
-        return e.code, None
-
-
-def get_status(url):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as res:
-            return res.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
-class Traffic:
-    """Users on both nodes chatting over WebSockets and REST, with misbehaviour on the side."""
-
-    def __init__(self, nodes, seconds, pairs, drain_at):
-        import websocket  # websocket-client
-
-        self.ws_mod = websocket
-        self.nodes, self.seconds, self.pairs, self.drain_at = nodes, seconds, pairs, drain_at
-        self.stop = threading.Event()
-        self.t0 = time.time()
-        self.lock = threading.Lock()
-        self.counts = {"sent": 0, "received": 0, "reconnects": 0, "errors": 0}
-        self.home = {}  # user -> node index the session is on
-        self.threads = []
-        self.end = None
-
-    def health(self):
-        while not self.stop.is_set():
-            for n in self.nodes:
-                n.is_ready = n.check()
-            self.stop.wait(1.0)
-
-    def count(self, key, n=1):
-        with self.lock:
-            self.counts[key] += n
-
-    def elapsed(self):
-        return time.time() - self.t0
-
-    def ready_node(self):
-        """The ready node with the fewest of our sessions (HAProxy leastconn, roughly)."""
-        with self.lock:
-            load = {i: 0 for i in range(len(self.nodes))}
-            for i in self.home.values():
-                load[i] = load.get(i, 0) + 1
-        ready = [i for i, n in enumerate(self.nodes) if n.ready()]
-        return min(ready, key=lambda i: load[i]) if ready else None
-
-    def connect(self, user, node):
-        ws = self.ws_mod.create_connection(f"ws://127.0.0.1:{self.nodes[node].port}/ws/{user}", timeout=10)
-        ws.settimeout(1.0)
-        with self.lock:
-            self.home[user] = node
-        return ws
-
-    def session(self, user, node, churn):
-        """One user's client: heartbeat every 4 s, reconnect when the server closes, and now
-        and then (churn) close and come back."""
-        ws = None
-        next_hb = time.time()
-        next_churn = time.time() + random.uniform(8, 20) if churn else math.inf
-        while not self.stop.is_set():
-            if ws is None:
-                node = node if self.nodes[node].ready() else self.ready_node()
-                if node is None:
-                    time.sleep(0.5)
-                    continue
-                try:
-                    ws = self.connect(user, node)
-                except Exception:
-                    self.count("errors")
-                    time.sleep(random.uniform(0.5, 1.5))
-                    continue
-            try:
-                if time.time() >= next_hb:
-                    ws.send("heartbeat")
-                    next_hb = time.time() + 4
-                if time.time() >= next_churn:
-                    ws.close()  # 1000: reason client_close
-                    ws, next_churn = None, time.time() + random.uniform(8, 20)
-                    node = self.ready_node() or 0
-                    self.count("reconnects")
-                    continue
-                opcode, data = ws.recv_data(control_frame=True)
-                if opcode == self.ws_mod.ABNF.OPCODE_CLOSE:
-                    raise self.ws_mod.WebSocketConnectionClosedException("closed")
-                if opcode == self.ws_mod.ABNF.OPCODE_TEXT and b'"type":"message"' in data:
-                    self.count("received")
-            except self.ws_mod.WebSocketTimeoutException:
-                continue
-            except Exception:
-                # Closed by the server (drain, 1001) or dropped: back off, then pick a node.
-                ws = None
-                with self.lock:
-                    self.home.pop(user, None)
-                self.count("reconnects")
-                time.sleep(random.uniform(0.2, 1.0))
-                node = self.ready_node() or 0
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:
-                pass
-
-    def rate(self):
-        """Messages per second: a slow swell from ~8/s to ~40/s and back."""
-        t = self.elapsed()
-        return 8 + 32 * math.sin(math.pi * min(t, self.seconds) / self.seconds) ** 2
-
-    def sender(self, pairs, share):
-        while not self.stop.is_set():
-            a, b, group = random.choice(pairs)
-            sender = random.choice((a, b))
-            node = self.nodes[self.home.get(sender, 0)]
-            if not node.ready():
-                node = self.nodes[self.ready_node() or 0]
-            try:
-                status, _ = post(node.base, "/send_message", sender_id=sender, group_id=group,
-                                 content=f"hello {random.randint(0, 10**6)}")
-                self.count("sent" if status == 200 else "errors")
-            except Exception:
-                self.count("errors")
-            time.sleep(share / max(self.rate(), 0.1))
-
-    def misbehave(self, users, groups):
-        """4xx answers, refused upgrades and the odd bad client, on both nodes."""
-        ws_mod = self.ws_mod
-        events = [
-            (6, "silent"), (10, "protocol"), (14, "too_large"), (18, "protocol"), (30, "too_large"),
-        ]
-        next_4xx = time.time()
-        for at, what in events:
-            while self.elapsed() < at and not self.stop.is_set():
-                if time.time() >= next_4xx:
-                    self.bad_requests(users, groups)
-                    next_4xx = time.time() + random.uniform(1, 3)
-                time.sleep(0.2)
-            for node in self.nodes:
-                if not node.ready():
-                    continue
-                try:
-                    ws = ws_mod.create_connection(f"ws://127.0.0.1:{node.port}/ws/{random.choice(users)}", timeout=10)
-                    if what == "protocol":
-                        ws.send("this is not a frame")  # 1008
-                    elif what == "too_large":
-                        ws.send("x" * 70 * 1024)  # 1009
-                    elif what == "silent":
-                        # Never sends: closed with 4000 after the heartbeat timeout (15 s).
-                        threading.Thread(target=self.hold, args=(ws,), daemon=True).start()
-                        continue
-                    time.sleep(0.5)
-                    ws.close()
-                except Exception:
-                    pass
-        while not self.stop.is_set():
-            if time.time() >= next_4xx:
-                self.bad_requests(users, groups)
-                next_4xx = time.time() + random.uniform(1, 3)
-            time.sleep(0.2)
-
-    def hold(self, ws):
-        ws.settimeout(1.0)
-        while not self.stop.is_set():
-            try:
-                opcode, _ = ws.recv_data(control_frame=True)
-                if opcode == self.ws_mod.ABNF.OPCODE_CLOSE:
-                    return
-            except self.ws_mod.WebSocketTimeoutException:
-                continue
-            except Exception:
-                return
-
-    def bad_requests(self, users, groups):
-        node = random.choice([n for n in self.nodes if n.ready()] or self.nodes)
-        choice = random.randrange(6)
-        try:
-            if choice == 0:
-                post(node.base, "/register", username="")
-            elif choice == 1:
-                post(node.base, "/send_message", sender_id=random.choice(users), group_id=999999999, content="hi")
-            elif choice == 2:
-                post(node.base, "/send_message", sender_id=random.choice(users), group_id=random.choice(groups),
-                     content="x" * 17 * 1024)
-            elif choice == 3:
-                get_status(node.base + "/ws/999999999")
-            elif choice == 4:
-                get_status(node.base + "/nope")
-            else:
-                get_status(node.base + "/users/abc/groups")
-        except Exception:
-            pass
-
-    def drainer(self):
-        """Drain node 2 at drain_at, start it again once it has exited (a rolling deploy)."""
-        node = self.nodes[-1]
-        while self.elapsed() < self.drain_at:
-            if self.stop.wait(0.2):
-                return
-        print(f"[demo] t={self.elapsed():.0f}s: draining {node.name}", flush=True)
-        node.is_ready = False
-        req = urllib.request.Request(node.admin_base + "/admin/drain", data=b"", method="POST")
-        urllib.request.urlopen(req, timeout=5).close()
-        while node.proc.poll() is None:
-            if self.stop.wait(0.2):
-                return
-        print(f"[demo] t={self.elapsed():.0f}s: {node.name} exited with {node.proc.returncode}; restarting",
-              flush=True)
-        time.sleep(2)
-        node.start()
-
-    def run(self):
-        users, pairs, groups = [], [], []
-        for i in range(self.pairs):
-            a = post(self.nodes[0].base, "/register", username=f"demo_a{i}_{os.getpid()}")[1]["user_id"]
-            b = post(self.nodes[1].base, "/register", username=f"demo_b{i}_{os.getpid()}")[1]["user_id"]
-            status, body = post(self.nodes[i % 2].base, "/create_group", name=f"pair {i}", created_by=a,
-                                user_ids=str(b))
-            pairs.append((a, b, body["group_id"]))
-            users += [a, b]
-            groups.append(body["group_id"])
-        # Two bigger groups, so one send fans out to several sessions on both nodes.
-        for k in range(2):
-            members = random.sample(users, 6)
-            status, body = post(self.nodes[k].base, "/create_group", name=f"team {k}", created_by=members[0],
-                                user_ids=",".join(map(str, members[1:])))
-            pairs.append((members[0], members[1], body["group_id"]))
-            groups.append(body["group_id"])
-        self.t0 = time.time()
-        self.spawn(self.health)
-        for i, u in enumerate(users):
-            self.spawn(self.session, u, i % 2, i % 3 == 0)
-        for _ in range(3):
-            self.spawn(self.sender, pairs, 3)
-        self.spawn(self.misbehave, users, groups)
-        self.spawn(self.drainer)
-        while self.elapsed() < self.seconds:
-            time.sleep(5)
-            with self.lock:
-                c = dict(self.counts)
-                on = [list(self.home.values()).count(i) for i in range(len(self.nodes))]
-            print(f"[demo] t={self.elapsed():.0f}s rate={self.rate():.0f}/s sessions per node={on} {c}", flush=True)
-        self.end = time.time()
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
-
-    def spawn(self, fn, *args):
-        t = threading.Thread(target=fn, args=args, daemon=True)
-        t.start()
-        self.threads.append(t)
-
-
 def demo(args):
-    try:
-        import websocket  # noqa: F401
-    except ImportError:
-        sys.exit("websocket-client is missing: pip install websocket-client")
-    binary = os.path.abspath(args.binary)
-    if not os.access(binary, os.X_OK):
-        sys.exit(f"{binary} not found: cargo build first")
+    bin_dir = os.path.abspath(args.bin_dir)
+    node, loadgen = os.path.join(bin_dir, "switchboard"), os.path.join(bin_dir, "loadgen")
+    for binary in (node, loadgen):
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"{binary} not found: cargo build --bin {os.path.basename(binary)} first")
     prometheus = shutil.which("prometheus")
     if not prometheus:
         sys.exit("prometheus not found (apt-get install -y prometheus)")
     work = tempfile.mkdtemp(prefix="switchboard-demo-")
     db = f"sb_dashboard_{os.getpid()}"
-    env = dict(os.environ, DATABASE_URL=f"{args.mysql.rstrip('/')}/{db}", REDIS_URL=args.redis,
+    # fleet.sh passes SWITCHBOARD_* on to the nodes: a slow drain (2 closes a second) so that it
+    # shows on the panels, and a short drain timeout so that a stuck client cannot stall the demo.
+    env = dict(os.environ, FLEET_NODES="3", SWITCHBOARD_BIN=node, FLEET_RUN_DIR=os.path.join(work, "fleet"),
+               DATABASE_URL=f"{args.mysql.rstrip('/')}/{db}", REDIS_URL=args.redis,
+               SWITCHBOARD_DRAIN_CLOSE_RATE="2", SWITCHBOARD_DRAIN_TIMEOUT="30",
                RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-    nodes = [Node(f"node-{i + 1}", binary, env, work) for i in range(2)]
-    prom_proc = None
+    log = open(os.path.join(work, "demo.log"), "a")
+
+    def fleet(*command):
+        subprocess.run([FLEET, *command], env=env, check=True, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def spawn(*command):
+        return subprocess.Popen([loadgen, *command, "--target", "127.0.0.1:8080",
+                                 "--users-file", os.path.join(work, f"{command[0]}.users")],
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    prom_proc, traffic = None, []
     try:
-        for n in nodes:
-            n.start()
+        fleet("up")
         port = free_port()
-        targets = ", ".join(f"'127.0.0.1:{n.admin}'" for n in nodes)
-        config = os.path.join(work, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n"
-                f"rule_files:\n  - '{RULES}'\n"
-                "scrape_configs:\n  - job_name: switchboard\n"
-                f"    static_configs:\n      - targets: [{targets}]\n"
-            )
-        prom_log = open(os.path.join(work, "prometheus.log"), "w")
         prom_proc = subprocess.Popen(
-            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={work}/tsdb",
+            [prometheus, f"--config.file={PROMETHEUS_CONFIG}", f"--storage.tsdb.path={work}/tsdb",
              f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=prom_log, stderr=prom_log, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/-/ready", proc=prom_proc)
-        print(f"[demo] nodes {[n.base for n in nodes]}, Prometheus {base}, logs in {work}", flush=True)
-        time.sleep(3)  # a few scrapes before the traffic starts
-        start = time.time() - 3
-        traffic = Traffic(nodes, args.seconds, args.pairs, args.seconds * 0.55)
-        traffic.run()
-        time.sleep(3)  # the last scrapes
-        end = traffic.end  # not the wind-down after it
+        print(f"[demo] fleet on :8080, Prometheus {base}, logs in {work}", flush=True)
+        time.sleep(10)  # a couple of scrapes before the traffic starts
+        start = time.time() - 10
+        # Chat through HAProxy for the whole run; receivers reconnect when a drain closes them.
+        traffic.append(spawn("chat", "--pairs", str(args.pairs), "--rate", str(args.rate),
+                             "--duration", str(args.seconds), "--linger", "3"))
+        # Sessions that never send a heartbeat: the nodes close them with 4000 after 15 s.
+        traffic.append(spawn("connections", "--count", str(args.idle), "--hold", "20"))
+        time.sleep(args.seconds * 0.4)
+        print(f"[demo] t={time.time() - start:.0f}s: rolling restart", flush=True)
+        fleet("restart-rolling")
+        print(f"[demo] t={time.time() - start:.0f}s: rolling restart done", flush=True)
+        for proc in traffic:
+            proc.wait()
+        end = time.time()
+        time.sleep(10)  # the last scrapes
         render(base, args.out, start, end, args.step, args.rate_interval,
-               f"Switchboard: two nodes, {args.seconds:.0f} s of demo traffic, node-2 drained and restarted")
+               f"Switchboard: three nodes behind HAProxy, {args.seconds} s of loadgen chat, a rolling restart")
     finally:
-        for n in nodes:
-            n.stop()
+        for proc in traffic:
+            if proc.poll() is None:
+                proc.terminate()
+        subprocess.run([FLEET, "down", "--fast"], env=env, stdout=log, stderr=log, check=False)
         if prom_proc:
             prom_proc.send_signal(signal.SIGTERM)
             try:
@@ -638,6 +335,7 @@ def demo(args):
         if shutil.which("mysql") and args.mysql.startswith("mysql://root@127.0.0.1:3306"):
             subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS {db}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        log.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -652,14 +350,17 @@ def main():
     r.add_argument("--rate-interval", default="20s",
                    help="what $__rate_interval becomes (4 scrape intervals; 20s for prometheus/prometheus.yml)")
     r.add_argument("--out", default=os.path.join(ROOT, "docs", "dashboard.png"))
-    d = sub.add_parser("demo", help="start two nodes, Prometheus and traffic, then render")
-    d.add_argument("--seconds", type=float, default=80, help="how long the traffic runs")
-    d.add_argument("--pairs", type=int, default=15, help="pairs of users (one per node)")
-    d.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "switchboard"))
+    d = sub.add_parser("demo", help="start the fleet, Prometheus and loadgen, then render")
+    d.add_argument("--seconds", type=int, default=120, help="how long loadgen chat sends")
+    d.add_argument("--pairs", type=int, default=20, help="loadgen chat --pairs")
+    d.add_argument("--rate", type=float, default=30, help="loadgen chat --rate (messages per second)")
+    d.add_argument("--idle", type=int, default=30, help="sessions that never heartbeat (closed with 4000)")
+    d.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "debug"),
+                   help="where the switchboard and loadgen binaries are")
     d.add_argument("--mysql", default="mysql://root@127.0.0.1:3306", help="MariaDB URL without database")
     d.add_argument("--redis", default="redis://127.0.0.1:6379")
-    d.add_argument("--step", default="1s")
-    d.add_argument("--rate-interval", default="10s")
+    d.add_argument("--step", default="5s", help="query_range step")
+    d.add_argument("--rate-interval", default="20s", help="what $__rate_interval becomes")
     d.add_argument("--keep", action="store_true", help="keep the temp dir with logs and the TSDB")
     d.add_argument("--out", default=os.path.join(ROOT, "docs", "dashboard.png"))
     args = p.parse_args()

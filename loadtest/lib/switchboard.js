@@ -94,7 +94,7 @@ export function sleepMs(ms) {
   return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 }
 
-/// DESIGN §5: min(cap, base * 2^attempt) + random(0, 1000 ms).
+/// The reconnect delay of docs/protocol.md: min(cap, base * 2^attempt) + random(0, 1000 ms).
 export function backoffMs(attempt, base, cap) {
   return Math.min(cap, base * Math.pow(2, Math.min(attempt, 20))) + Math.random() * 1000;
 }
