@@ -137,26 +137,20 @@ impl Writer {
     /// Hub registration, group subscriptions, hello, catch-up. Ok(false) if the session
     /// was asked to close meanwhile.
     async fn start(&mut self) -> Result<bool, WebSocketError> {
-        let user = self.handle.user_id;
         self.state.hub.attach(&self.handle).await;
-        let Some(heads) = self.heads().await else { return Ok(false) };
+        let Some(heads) = self.subscribe_groups().await else { return Ok(false) };
         // Only a group with messages can have anything to catch up on.
-        if heads.iter().any(|(_, head)| *head > 0) {
-            match self.state.inbox.positions(user).await {
-                Ok(positions) => {
-                    for (g, _) in &heads {
-                        self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
-                    }
-                }
+        let positions = if heads.iter().any(|(_, head)| *head > 0) {
+            match self.state.inbox.positions(self.handle.user_id).await {
+                Ok(positions) => positions,
                 Err(e) => return Ok(self.backend_failed("positions", &e)),
             }
         } else {
-            for (g, _) in &heads {
-                self.cursors.track(*g, 0);
-            }
+            Default::default()
+        };
+        for (g, _) in &heads {
+            self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
         }
-        let groups: Vec<GroupId> = heads.iter().map(|(g, _)| *g).collect();
-        self.state.hub.join(&self.handle, &groups).await;
         if self.handle.is_closed() {
             return Ok(false);
         }
@@ -173,6 +167,23 @@ impl Writer {
         self.catch_up(behind).await?;
         self.flush().await?;
         Ok(!self.handle.is_closed())
+    }
+
+    /// Subscribes the user's groups, then reads their heads again: a message committed
+    /// after that read is published after the subscription was confirmed, so it arrives
+    /// live, and one committed before it is below the head the catch-up reads up to. A
+    /// group that appeared in between is subscribed in turn.
+    async fn subscribe_groups(&mut self) -> Option<Vec<(GroupId, Seq)>> {
+        let mut joined: Vec<GroupId> = Vec::new();
+        loop {
+            let heads = self.heads().await?;
+            let new: Vec<GroupId> = heads.iter().map(|(g, _)| *g).filter(|g| !joined.contains(g)).collect();
+            if heads.is_empty() || (new.is_empty() && !joined.is_empty()) {
+                return Some(heads);
+            }
+            self.state.hub.join(&self.handle, &new).await;
+            joined.extend(new);
+        }
     }
 
     /// The user's groups with their last sequence numbers; `None` (and a 1011 close) when
@@ -285,7 +296,7 @@ impl Writer {
     /// After a backplane outage: pick up groups joined meanwhile (their announcements were
     /// lost too), then catch up on every group from where this session stands.
     async fn resync(&mut self) -> Result<(), WebSocketError> {
-        let Some(heads) = self.heads().await else { return Ok(()) };
+        let Some(heads) = self.subscribe_groups().await else { return Ok(()) };
         if heads.iter().any(|(g, _)| !self.cursors.is_tracked(*g)) {
             let positions = match self.state.inbox.positions(self.handle.user_id).await {
                 Ok(p) => p,
@@ -297,8 +308,6 @@ impl Writer {
             for (g, _) in &heads {
                 self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
             }
-            let groups: Vec<GroupId> = heads.iter().map(|(g, _)| *g).collect();
-            self.state.hub.join(&self.handle, &groups).await;
         }
         let behind = self.cursors.behind(&heads);
         self.catch_up(behind).await
@@ -332,7 +341,12 @@ impl Writer {
     /// client that sent them has them; history has them for the others), as delivered.
     async fn write_stored(&mut self, m: &Message) -> Result<(), WebSocketError> {
         if m.sender_id == self.handle.user_id {
-            self.cursors.wrote(m.group_id, m.seq, m.message_id, false);
+            self.cursors.wrote(m.group_id, m.seq, m.message_id, self.acking);
+            if self.acking {
+                // Delivered without a frame: as good as acknowledged.
+                let moved = self.cursors.acked(&[m.message_id]);
+                self.record(moved);
+            }
             return Ok(());
         }
         self.send(&m.frame()).await?;
