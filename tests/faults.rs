@@ -26,6 +26,11 @@ struct Fleet {
 }
 
 async fn fleet() -> Option<Fleet> {
+    fleet_with(&[]).await
+}
+
+/// Two node processes with `extra` flags on private MariaDB, Redis and MongoDB.
+async fn fleet_with(extra: &[&str]) -> Option<Fleet> {
     // The private services need the same binaries as the shared ones.
     if !(common::service("MariaDB", "127.0.0.1:3306") && common::service("Redis", "127.0.0.1:6379")) {
         return None;
@@ -42,7 +47,9 @@ async fn fleet() -> Option<Fleet> {
     ];
     let mut nodes = Vec::new();
     for name in ["f1", "f2"] {
-        let mut node = Proc::spawn(&["--node-id".into(), name.into()], &env);
+        let mut args = vec!["--node-id".to_owned(), name.to_owned()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut node = Proc::spawn(&args, &env);
         node.ready().await;
         nodes.push(node);
     }
@@ -79,6 +86,23 @@ async fn a_node_killed_with_sigkill_loses_nothing() {
     f.nodes[1].ready().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     verdict("kill -9 node", w).await;
+}
+
+/// Positions are written late on purpose (never, within the test): a node killed with
+/// SIGKILL takes every position its sessions recorded with it. Its clients reconnect to the
+/// other node, which reads their older positions and delivers again from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_before_writing_positions_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut f) = fleet_with(&["--position-flush-ms", "600000"]).await else { return };
+    let w = f.traffic().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.nodes[0].signal("KILL");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.nodes[0].restart();
+    f.nodes[0].ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    verdict("kill -9 before positions were written", w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
