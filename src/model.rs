@@ -81,13 +81,22 @@ impl Message {
 }
 
 impl Group {
-    pub fn to_json(&self) -> serde_json::Value {
+    /// JSON object of the group as clients see it. `members` stays the list of ids that
+    /// existing clients read; `member_users` names the same members, in the same order, from
+    /// `users` (sorted by id, as [`crate::store::Store::users`] returns them).
+    pub fn to_json(&self, users: &[User]) -> serde_json::Value {
+        let named: Vec<&User> = self
+            .members
+            .iter()
+            .filter_map(|id| users.binary_search_by_key(id, |u| u.user_id).ok().map(|i| &users[i]))
+            .collect();
         serde_json::json!({
             "group_id": self.group_id,
             "name": self.name,
             "groupName": self.name,
             "created_by": self.created_by,
             "members": self.members,
+            "member_users": named,
         })
     }
 }
@@ -128,5 +137,21 @@ mod tests {
         assert_eq!(v["sender_id"], 1);
         assert_eq!(v["content"], "hi \"x\"");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn group_json_names_its_members_beside_the_ids() {
+        let g = Group { group_id: 3, name: "ab".into(), created_by: 2, members: vec![2, 5] };
+        let users = [
+            User { user_id: 1, username: "other".into() },
+            User { user_id: 2, username: "ann".into() },
+            User { user_id: 5, username: "bob".into() },
+        ];
+        let v = g.to_json(&users);
+        assert_eq!(v["members"], serde_json::json!([2, 5]));
+        assert_eq!(
+            v["member_users"],
+            serde_json::json!([{ "user_id": 2, "username": "ann" }, { "user_id": 5, "username": "bob" }])
+        );
     }
 }

@@ -62,12 +62,17 @@ async fn suite(api: Api) {
     assert_eq!(g["name"], "ab");
     assert_eq!(g["groupName"], "ab");
     assert_eq!(g["members"], json!([alice, bob]));
+    assert_eq!(
+        g["member_users"],
+        json!([{ "user_id": alice, "username": name }, { "user_id": bob, "username": bob_name }])
+    );
     let group = g["group_id"].as_i64().expect("gid");
     let (_, again) = api
         .post_json("/create_group", &json!({ "groupName": "other", "created_by": bob, "user_ids": [alice] }))
         .await
         .expect("again");
     assert_eq!((again["group_id"].as_i64(), again["created"].as_bool()), (Some(group), Some(false)));
+    assert_eq!(again["member_users"], g["member_users"]);
     assert_error(
         api.post_form("/create_group", &[("created_by", &alice.to_string()), ("user_ids", "999999999")])
             .await
@@ -194,6 +199,8 @@ async fn suite(api: Api) {
     assert_error(api.get("/users/999999999/groups").await.expect("x"), 404, "user_not_found");
     assert_error(api.get("/users/0/groups").await.expect("x"), 400, "invalid_id");
 
+    people(&api, (alice, &name), (bob, &bob_name), &sqli).await;
+
     // Unknown routes and methods, the page, probes.
     assert_error(api.get("/nope").await.expect("x"), 404, "route_not_found");
     assert_error(api.get("/register").await.expect("x"), 405, "method_not_allowed");
@@ -203,6 +210,64 @@ async fn suite(api: Api) {
     assert_eq!(status, 200, "{ready}");
     // The WebSocket route refuses non-upgrades and bad ids.
     assert_error(api.get("/ws/abc").await.expect("x"), 400, "invalid_id");
+}
+
+/// `GET /users/{id}`, `GET /users?username=`, and members named in every group payload.
+async fn people(api: &Api, (alice, name): (i64, &str), (bob, bob_name): (i64, &str), sqli: &str) {
+    let by_name = |username: &str| {
+        let query = form_urlencoded::Serializer::new(String::new()).append_pair("username", username).finish();
+        let api = api.clone();
+        async move { api.get(&format!("/users?{query}")).await.expect("by name") }
+    };
+    let (status, user) = api.get(&format!("/users/{alice}")).await.expect("by id");
+    assert_eq!((status.as_u16(), user), (200, json!({ "user_id": alice, "username": name })));
+    assert_error(api.get("/users/999999999").await.expect("x"), 404, "user_not_found");
+    assert_error(api.get("/users/0").await.expect("x"), 400, "invalid_id");
+    assert_error(api.get("/users/abc").await.expect("x"), 400, "invalid_id");
+
+    let (status, user) = by_name(bob_name).await;
+    assert_eq!((status.as_u16(), user), (200, json!({ "user_id": bob, "username": bob_name })));
+    let (status, user) = by_name(sqli).await;
+    assert_eq!((status.as_u16(), user["username"].as_str()), (200, Some(sqli)), "{user}");
+    // Blanks around the query are trimmed, as registration trims them.
+    assert_eq!(by_name(&format!("  {name} ")).await.1["user_id"].as_i64(), Some(alice));
+    // Exact: no case folding, no prefix match.
+    assert_error(by_name(&name.to_uppercase()).await, 404, "user_not_found");
+    assert_error(by_name(&name[..name.len() - 1]).await, 404, "user_not_found");
+    assert_error(by_name(&common::unique("nobody")).await, 404, "user_not_found");
+    assert_error(api.get("/users").await.expect("x"), 400, "invalid_username");
+    assert_error(by_name("").await, 400, "invalid_username");
+    assert_error(by_name("   ").await, 400, "invalid_username");
+    assert_error(by_name("a\u{7}b").await, 400, "invalid_username");
+    assert_error(by_name(&"x".repeat(65)).await, 400, "invalid_username");
+    assert_error(api.get("/users?username=a&username=b").await.expect("x"), 400, "duplicate_field");
+    assert_error(api.post_form("/users", &[("username", "x")]).await.expect("x"), 405, "method_not_allowed");
+    assert_error(api.post_form(&format!("/users/{alice}"), &[]).await.expect("x"), 405, "method_not_allowed");
+
+    // A larger group names every member, and the listing names them too, in `members` order.
+    let carol = api.register(&common::unique("carol")).await.expect("carol");
+    let (status, trio) = api
+        .post_json("/create_group", &json!({ "name": "trio", "created_by": carol, "user_ids": [bob, alice] }))
+        .await
+        .expect("trio");
+    assert_eq!(status, 200, "{trio}");
+    let ids: Vec<i64> = trio["member_users"]
+        .as_array()
+        .expect("member_users")
+        .iter()
+        .map(|u| u["user_id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(json!(ids), trio["members"]);
+    assert_eq!(trio["member_users"][0], json!({ "user_id": alice, "username": name }));
+    let (_, groups) = api.get(&format!("/users/{bob}/groups")).await.expect("groups");
+    let listed =
+        groups.as_array().expect("array").iter().find(|g| g["group_id"] == trio["group_id"]).expect("trio listed");
+    assert_eq!(listed["member_users"], trio["member_users"]);
+    for g in groups.as_array().expect("array") {
+        let named = g["member_users"].as_array().expect("member_users");
+        assert_eq!(named.len(), g["members"].as_array().expect("members").len(), "{g}");
+        assert!(named.iter().all(|u| u["username"].as_str().is_some_and(|n| !n.is_empty())), "{g}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! MariaDB and Redis:
 //! - two pages, two users, on two nodes: each sees the other's message on screen, and
 //!   script payloads show as text (`tests/browser/chat.mjs`);
+//! - two people on two nodes, the conversation started by username: each page shows the
+//!   other's name in the list, the title and on messages (`tests/browser/names.mjs`);
 //! - a page behind HAProxy across a drain of its node: `reconnecting`, then `connected`,
 //!   and a message sent after the drain shows up (`tests/browser/drain.mjs`).
 
@@ -34,8 +36,8 @@ async fn scenario(script: &'static str, args: Vec<String>) {
     assert!(stdout.contains(", 0 failed"), "{script}: no clean summary line");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_browsers_on_two_nodes_chat() {
+/// Runs a two-page scenario against two node processes sharing MariaDB and Redis.
+async fn on_two_nodes(script: &'static str) {
     let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
     if !browser_ready() {
         return;
@@ -45,7 +47,17 @@ async fn two_browsers_on_two_nodes_chat() {
     n1.ready().await;
     let mut n2 = common::Proc::spawn(&["--node-id".into(), "b2".into()], &env);
     n2.ready().await;
-    scenario("tests/browser/chat.mjs", vec![format!("http://{}", n1.addr), format!("http://{}", n2.addr)]).await;
+    scenario(script, vec![format!("http://{}", n1.addr), format!("http://{}", n2.addr)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_on_two_nodes_chat() {
+    on_two_nodes("tests/browser/chat.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_find_each_other_by_name() {
+    on_two_nodes("tests/browser/names.mjs").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

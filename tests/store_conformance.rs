@@ -37,6 +37,16 @@ async fn suite(store: Arc<dyn Store>) {
     let odd = "Robert'); DROP TABLE users;-- ☃";
     assert_eq!(store.create_user(odd).await.expect("verbatim").username, odd);
 
+    // By exact name (no case folding, no padding, no prefix), and many by id at once.
+    assert_eq!(store.user_by_name(&bob.username).await.expect("by name"), Some(bob.clone()));
+    assert_eq!(store.user_by_name(odd).await.expect("odd").map(|u| u.username), Some(odd.to_owned()));
+    for near in [bob.username.to_uppercase(), format!("{} ", bob.username), bob.username[..5].to_owned()] {
+        assert_eq!(store.user_by_name(&near).await.expect("near"), None, "{near:?}");
+    }
+    let named = store.users(&[carol.user_id, alice.user_id, i64::MAX, carol.user_id]).await.expect("users");
+    assert_eq!(named, vec![alice.clone(), carol.clone()]);
+    assert_eq!(store.users(&[]).await.expect("no ids"), vec![]);
+
     // A pair gets one conversation, however it is asked for.
     let (g, created) = store.create_group("chat", alice.user_id, &[bob.user_id]).await.expect("group");
     assert!(created);

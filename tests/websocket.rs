@@ -126,6 +126,11 @@ async fn a_group_created_while_connected_delivers_without_reconnecting() {
         Some(WsEvent::Json(v)) if v["type"] == "group_joined" => {
             assert_eq!(v["group_id"].as_i64(), Some(group));
             assert_eq!(v["members"], serde_json::json!([bob.min(carol), bob.max(carol)]));
+            let mut named = Vec::new();
+            for id in [bob.min(carol), bob.max(carol)] {
+                named.push(node.api().get(&format!("/users/{id}")).await.expect("user").1);
+            }
+            assert_eq!(v["member_users"], Value::Array(named), "members named in the same order");
         }
         other => panic!("expected group_joined, got {other:?}"),
     }

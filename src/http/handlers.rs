@@ -17,13 +17,18 @@ use crate::ws::protocol;
 
 pub type Reply = Result<serde_json::Value, ApiError>;
 
-const MAX_USERNAME: usize = 64;
+pub(super) const MAX_USERNAME: usize = 64;
 const MAX_GROUP_NAME: usize = 128;
 const MAX_CLIENT_MSG_ID: usize = 64;
 const MAX_HISTORY: u32 = 500;
 
 /// A trimmed name of 1..=max characters without control characters.
-fn clean_name(value: Option<String>, field: &str, code: &'static str, max: usize) -> Result<String, ApiError> {
+pub(super) fn clean_name(
+    value: Option<String>,
+    field: &str,
+    code: &'static str,
+    max: usize,
+) -> Result<String, ApiError> {
     let value = value.unwrap_or_default();
     let name = value.trim();
     let len = name.chars().count();
@@ -75,7 +80,8 @@ pub async fn create_group(state: &AppState, f: Fields) -> Reply {
         tracing::info!(group_id = group.group_id, created_by, members = ?group.members, node = %state.node, "group created");
         announce_group(state, &group).await;
     }
-    let mut body = group.to_json();
+    let users = state.store.users(&group.members).await?;
+    let mut body = group.to_json(&users);
     body["created"] = created.into();
     Ok(body)
 }
@@ -84,7 +90,14 @@ pub async fn create_group(state: &AppState, f: Fields) -> Reply {
 /// subscribe and get `group_joined` without reconnecting. Best effort: a member who misses
 /// it picks the group up at the next connect or backplane resync.
 async fn announce_group(state: &AppState, group: &Group) {
-    let frame = protocol::group_joined(group);
+    let users = match state.store.users(&group.members).await {
+        Ok(users) => users,
+        Err(e) => {
+            tracing::warn!(error = %e, group_id = group.group_id, "could not name the members of a new group");
+            return;
+        }
+    };
+    let frame = protocol::group_joined(group, &users);
     let payload = Envelope::Joined { group_id: group.group_id, frame }.encode();
     for &member in &group.members {
         if let Err(e) = state.hub.backplane().publish(&[(Channel::User(member), payload.clone())]).await {
@@ -184,7 +197,9 @@ pub async fn user_groups(state: &AppState, user: UserId) -> Reply {
         return Err(ApiError::not_found("user_not_found", format!("No user with id {user}.")));
     }
     let groups = state.store.user_groups(user).await?;
-    Ok(serde_json::Value::Array(groups.iter().map(Group::to_json).collect()))
+    let members: Vec<UserId> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+    let users = state.store.users(&members).await?;
+    Ok(serde_json::Value::Array(groups.iter().map(|g| g.to_json(&users)).collect()))
 }
 
 pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) -> Reply {

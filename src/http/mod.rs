@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod handlers;
 mod router;
+mod users;
 
 use std::sync::Arc;
 use std::time::Duration;

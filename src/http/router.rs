@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 
 use super::body::Fields;
 use super::error::{ApiError, Body, json_response};
-use super::handlers;
+use super::{handlers, users};
 use crate::app::AppState;
 
 /// Which listener a request came in on.
@@ -45,6 +45,17 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             let reply = async { handlers::send_message(&state, form(&state, req).await?, bearer).await.map(ok_json) };
             ("/send_message", reply.await)
         }
+        (Listener::Public, &Method::GET, ["users"]) => {
+            let query = Fields::from_query(req.uri().query().unwrap_or(""));
+            ("/users", users::find_user(&state, &query).await.map(ok_json))
+        }
+        (Listener::Public, &Method::GET, ["users", id]) => {
+            let r = match path_id(id, "user") {
+                Ok(user) => users::user(&state, user).await.map(ok_json),
+                Err(e) => Err(e),
+            };
+            ("/users/{id}", r)
+        }
         (Listener::Public, &Method::GET, ["users", id, "groups"]) => {
             let r = match path_id(id, "user") {
                 Ok(user) => handlers::user_groups(&state, user).await.map(ok_json),
@@ -76,8 +87,8 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             ("/readyz", Ok(json_response(status, &body)))
         }
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
-        (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message"])
-        | (Listener::Public, _, ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
+        (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message" | "users"])
+        | (Listener::Public, _, ["users", _] | ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
         | (Listener::Admin, _, ["admin", "drain"])
         | (_, _, ["healthz" | "readyz" | "metrics"]) => (
             "method_not_allowed",

@@ -93,4 +93,9 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The user named exactly `username` (no case folding, no trimming), if any.
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError>;
+    /// The users among `ids` (which may repeat) that exist, once each in ascending id order:
+    /// what names the members of groups. Unknown ids are left out.
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError>;
 }

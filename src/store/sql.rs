@@ -283,6 +283,14 @@ impl SqlStore {
         let found: Vec<i64> = q.fetch_all(self.pool()).await?.iter().map(|r| r.get::<i64, _>(0)).collect();
         Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
     }
+
+    /// Keeps a user read from the database (users are never renamed or deleted).
+    fn remember(&self, user: &User) {
+        if self.users.len() >= USER_CACHE {
+            self.users.clear();
+        }
+        self.users.insert(user.user_id, user.clone());
+    }
 }
 
 /// The idempotency key of a send, if it has one.
@@ -586,5 +594,52 @@ impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(self.pool()).await?;
         Ok(())
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let _t = self.metrics.time_query("user_by_name");
+        let row = sqlx::query("SELECT id, username FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let user = User { user_id: r.try_get(0)?, username: r.try_get(1)? };
+        // MySQL's PAD SPACE collations compare `bob ` equal to `bob`; the name must be exact.
+        if user.username != username {
+            return Ok(None);
+        }
+        self.remember(&user);
+        Ok(Some(user))
+    }
+
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.users.get(id) {
+                Some(user) => found.push(user.clone()),
+                None => missing.push(*id),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let _t = self.metrics.time_query("get_users");
+            for chunk in missing.chunks(500) {
+                let sql = format!("SELECT id, username FROM users WHERE id IN ({})", placeholders(chunk.len()));
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                for r in q.fetch_all(self.pool()).await? {
+                    let user = User { user_id: r.try_get(0)?, username: r.try_get(1)? };
+                    self.remember(&user);
+                    found.push(user);
+                }
+            }
+        }
+        found.sort_unstable_by_key(|u| u.user_id);
+        found.dedup_by_key(|u| u.user_id);
+        Ok(found)
     }
 }

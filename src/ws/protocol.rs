@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::model::{Group, MessageId};
+use crate::model::{Group, MessageId, User};
 
 /// Close codes. 1000 and 1008 tell a client to stop; every other code means "reconnect
 /// with backoff".
@@ -94,8 +94,10 @@ pub fn hello(session_id: u64, node: &str, interval_ms: u64, timeout_ms: u64) -> 
     Bytes::from(v.to_string())
 }
 
-pub fn group_joined(group: &Group) -> Bytes {
-    let mut v = group.to_json();
+/// The `group_joined` frame: the group as `POST /create_group` returns it, members named
+/// from `users` (sorted by id).
+pub fn group_joined(group: &Group, users: &[User]) -> Bytes {
+    let mut v = group.to_json(users);
     v["type"] = "group_joined".into();
     Bytes::from(v.to_string())
 }

@@ -1,0 +1,28 @@
+//! People by id and by exact name: what lets a client show and find "ann" instead of
+//! "user 6". Group payloads name their members too (`member_users`, see `Group::to_json`).
+
+use serde_json::json;
+
+use super::body::Fields;
+use super::error::ApiError;
+use super::handlers::{MAX_USERNAME, Reply, clean_name};
+use crate::app::AppState;
+use crate::model::UserId;
+
+/// `GET /users/{id}`.
+pub async fn user(state: &AppState, id: UserId) -> Reply {
+    match state.store.user(id).await? {
+        Some(user) => Ok(json!(user)),
+        None => Err(ApiError::not_found("user_not_found", format!("No user with id {id}."))),
+    }
+}
+
+/// `GET /users?username=`: the user of exactly this name. Surrounding blanks are trimmed,
+/// as `POST /register` trims them, so no stored name can differ from the query only by them.
+pub async fn find_user(state: &AppState, query: &Fields) -> Reply {
+    let username = clean_name(query.text("username")?, "username", "invalid_username", MAX_USERNAME)?;
+    match state.store.user_by_name(&username).await? {
+        Some(user) => Ok(json!(user)),
+        None => Err(ApiError::not_found("user_not_found", format!("No user is named {username:?}."))),
+    }
+}
