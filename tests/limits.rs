@@ -159,7 +159,7 @@ async fn catch_up_pages_through_everything_missed() {
     };
     let mut ws = connect_ws(node.addr, u[1], true).await.expect("ws");
     hello(&mut ws).await;
-    let (mut ws, got) = received(ws).await;
+    let (ws, got) = received(ws).await;
     assert_eq!(got, ids, "three pages, in order");
     ws.ack(&got).await.expect("ack");
     tokio::time::sleep(Duration::from_millis(300)).await;
