@@ -159,7 +159,7 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
         eprintln!("loadgen: senders still busy 120 s after the schedule ended");
     }
     let sends_done = now_us();
-    let cpu_line = cpu.report();
+    let cpu_line = cpu.report(Some(stats.accepted.get()));
     // Wait for what was accepted to arrive.
     let deadline = Instant::now() + o.linger;
     let mut report = checker.report();

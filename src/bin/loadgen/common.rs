@@ -254,13 +254,20 @@ impl CpuWatch {
         }
     }
 
-    /// `cpu_<name>=<cores>` per watched process plus `cpu_machine=<busy cores>`.
-    pub fn report(&self) -> String {
+    /// `cpu_<name>=<cores>` per watched process plus `cpu_machine=<busy cores>`; with
+    /// `messages`, also `us_per_msg_<name>=<CPU microseconds per message>` for each process
+    /// (the cost of one accepted message to the node and to each backend).
+    pub fn report(&self, messages: Option<u64>) -> String {
         let secs = self.t.elapsed().as_secs_f64().max(1e-3);
         let mut parts = Vec::new();
+        let mut per = Vec::new();
         for (pid, start) in self.pids.iter().zip(&self.start) {
             if let (Some(a), Some(b)) = (start, cpu_of(*pid)) {
-                parts.push(format!("cpu_{}={:.2}", comm_of(*pid).replace(' ', "_"), (b - a) / secs));
+                let name = comm_of(*pid).replace(' ', "_");
+                parts.push(format!("cpu_{name}={:.2}", (b - a) / secs));
+                if let Some(n) = messages.filter(|n| *n > 0) {
+                    per.push(format!("us_per_msg_{name}={:.1}", (b - a) * 1e6 / n as f64));
+                }
             }
         }
         if let (Some((busy0, total0)), Some((busy1, total1))) = (self.machine, machine_cpu()) {
@@ -268,6 +275,7 @@ impl CpuWatch {
             let frac = (busy1 - busy0) / (total1 - total0).max(1e-3);
             parts.push(format!("cpu_machine={:.2}", frac * cores));
         }
+        parts.extend(per);
         parts.join(" ")
     }
 }

@@ -279,7 +279,7 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
     watched.extend(kids.pids());
     let cpu = CpuWatch::start(&watched);
     let connected = kids.expect("connected").await?;
-    let cpu_ramp = cpu.report();
+    let cpu_ramp = cpu.report(None);
     let ok = sum(&connected, "ok");
     let gave_up = sum(&connected, "gave_up");
     let start = connected.iter().map(|p| field::<i64>(p, "start_us")).min().unwrap_or_default();
@@ -326,7 +326,7 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
         tokio::time::sleep(o.hold).await;
         let rss2 = node_rss(o.node_pid, o.admin.first().copied()).await;
         let conns2 = node_connections(&o.admin).await;
-        let cpu_hold_line = cpu_hold.report();
+        let cpu_hold_line = cpu_hold.report(None);
         kids.tell("stop").await;
         let done = kids.expect("done").await?;
         let online = sum(&done, "online");
@@ -390,7 +390,7 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
     let t0 = now_us();
     kids.tell(&format!("go {t0}")).await;
     let rec = kids.expect("recovered").await?;
-    let cpu_storm_line = cpu_storm.report();
+    let cpu_storm_line = cpu_storm.report(None);
     let all_back = rec.iter().map(|p| field::<i64>(p, "all_back_us")).collect::<Vec<_>>();
     let recovered = rec.iter().map(|p| field::<i64>(p, "recovered_us")).collect::<Vec<_>>();
     let back_s =
