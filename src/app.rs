@@ -27,6 +27,7 @@ use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::model::{Message, UserId};
 use crate::store::{Database, NewMessage, SqlStore, Store, StoreError};
+use crate::tls::Trust;
 use crate::ws::protocol::close;
 
 /// Most messages (or inbox appends) written as one batch.
@@ -64,6 +65,8 @@ pub enum StartError {
     Inbox(#[from] InboxError),
     #[error("{0}")]
     Backplane(#[from] BackplaneError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 pub struct App {
@@ -75,16 +78,20 @@ impl App {
         let node = config.node_name();
         let metrics = Arc::new(Metrics::new(&node));
         metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
-        let db = Database::connect(&config.database_url).await?;
+        let trust = Trust::load(config.tls_ca_file.as_deref()).map_err(StartError::Tls)?;
+        let db = Database::connect(&trust.mysql_url(&config.database_url)).await?;
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
         let limits = inbox::Limits { ttl_ms: config.inbox_ttl as i64 * 1000, max_per_user: config.inbox_max_per_user };
         let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
-            Some(url) => Arc::new(inbox::MongoInbox::connect(url, limits, metrics.clone()).await?),
+            Some(url) => Arc::new(inbox::MongoInbox::connect(url, &trust, limits, metrics.clone()).await?),
             None => Arc::new(SqlInbox::new(db, limits, metrics.clone())),
         };
         let (events_tx, events_rx) = mpsc::channel(4096);
         let backplane: Arc<dyn Backplane> = match &config.redis_url {
-            Some(url) => Arc::new(RedisBackplane::connect(url, &config.channel_prefix, events_tx, metrics.clone())?),
+            Some(url) => {
+                let client = trust.redis_client(url).map_err(BackplaneError::from)?;
+                Arc::new(RedisBackplane::connect(client, &config.channel_prefix, events_tx, metrics.clone())?)
+            }
             None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events_tx)),
         };
         let hub = Hub::new(backplane, metrics.clone());
@@ -107,7 +114,10 @@ impl App {
                 }
             }
         });
-        let tokens = config.token_secret.as_deref().map(Tokens::new);
+        let tokens = config
+            .token_secret
+            .as_deref()
+            .map(|secret| Tokens::new(secret, config.token_verify_secret.as_deref(), config.token_ttl));
         let state = AppState {
             send_limiter,
             message_writes,

@@ -14,7 +14,9 @@
 //! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
-//! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode.
+//! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode and
+//!   who may call which route in it.
+//! - [`tls`]: the trust (system roots plus an optional CA file) of TLS to every backend.
 //! - [`batch`]: group commit of concurrent sends' store and inbox writes.
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`model`]: ids, users, groups, messages and their wire frame.
@@ -40,6 +42,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod tls;
 pub mod web;
 pub mod ws;
 

@@ -9,6 +9,7 @@ use switchboard::inbox::{Inbox, Limits, MongoInbox, SqlInbox};
 use switchboard::metrics::Metrics;
 use switchboard::model::{Message, now_ms};
 use switchboard::store::Database;
+use switchboard::tls::Trust;
 
 const LIMITS: Limits = Limits { ttl_ms: 60_000, max_per_user: 5 };
 
@@ -82,6 +83,6 @@ async fn sql_inbox_on_mysql_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_inbox_conforms() {
     let Some(url) = common::mongo_url() else { return };
-    let inbox = MongoInbox::connect(&url, LIMITS, Arc::new(Metrics::new("t"))).await.expect("mongo");
+    let inbox = MongoInbox::connect(&url, &Trust::default(), LIMITS, Arc::new(Metrics::new("t"))).await.expect("mongo");
     suite(Arc::new(inbox)).await;
 }

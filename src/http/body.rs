@@ -51,10 +51,7 @@ impl Fields {
             return Ok(Fields { items: map.into_iter().collect() });
         }
         if kind.is_empty() || kind == "application/x-www-form-urlencoded" {
-            let Ok(text) = std::str::from_utf8(body) else {
-                return Err(ApiError::bad_request("invalid_body", "The form body is not valid UTF-8."));
-            };
-            return Ok(Self::from_query(text));
+            return Self::from_query(body);
         }
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -63,12 +60,21 @@ impl Fields {
         ))
     }
 
-    /// Decodes a query string (or form body).
-    pub fn from_query(query: &str) -> Fields {
-        let items = form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        Fields { items }
+    /// Decodes a query string (or form body). Every name and value must be UTF-8 once
+    /// percent-decoded: a lossy decoding would store U+FFFD in place of what the client sent,
+    /// so `%ff` anywhere is a 400 rather than silently altered text.
+    pub fn from_query(query: &[u8]) -> Result<Fields, ApiError> {
+        let items = query
+            .split(|&b| b == b'&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let mut parts = pair.splitn(2, |&b| b == b'=');
+                let name = decode_component(parts.next().unwrap_or_default())?;
+                let value = decode_component(parts.next().unwrap_or_default())?;
+                Ok((name, Value::String(value)))
+            })
+            .collect::<Result<_, ApiError>>()?;
+        Ok(Fields { items })
     }
 
     fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -134,6 +140,14 @@ impl Fields {
     }
 }
 
+/// One `application/x-www-form-urlencoded` name or value: `+` is a space, then `%XX` escapes.
+fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_encoding", "A field is not valid UTF-8 once percent-decoded."))
+}
+
 fn invalid_id(name: &str) -> ApiError {
     ApiError::bad_request("invalid_id", format!("`{name}` must be a positive integer id."))
 }
@@ -184,7 +198,7 @@ mod tests {
     #[test]
     fn bad_ids_and_bodies_are_client_errors() {
         for bad in ["0", "-1", "1.5", "abc", "99999999999999999999", "1e3"] {
-            let f = Fields::from_query(&format!("id={bad}"));
+            let f = Fields::from_query(format!("id={bad}").as_bytes()).expect("decodes");
             let e = f.id("id").expect_err(bad);
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
@@ -196,5 +210,17 @@ mod tests {
         );
         assert_eq!(Fields::parse(None, b"a=1&a=2").expect("form").id("a").expect_err("dup").code, "duplicate_field");
         assert_eq!(Fields::parse(None, b"a=1&a=1").expect("form").id("a").expect("same twice"), Some(1));
+    }
+
+    #[test]
+    fn invalid_utf8_after_percent_decoding_is_refused_in_names_and_values() {
+        for bad in [&b"content=%ff%fe"[..], b"%ff=1", b"a=1&b=%c3", b"content=ok&x=\xff"] {
+            let e = Fields::parse(None, bad).expect_err("invalid UTF-8");
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_encoding"), "{bad:?}");
+        }
+        let f = Fields::parse(None, b"content=%C3%A9t%C3%A9+%2B1&empty=&flag").expect("valid UTF-8");
+        assert_eq!(f.text("content").expect("text").as_deref(), Some("\u{e9}t\u{e9} +1"));
+        assert_eq!(f.text("empty").expect("text").as_deref(), Some(""));
+        assert_eq!(f.text("flag").expect("text").as_deref(), Some(""));
     }
 }

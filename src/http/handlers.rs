@@ -8,7 +8,9 @@ use serde_json::json;
 
 use super::body::Fields;
 use super::error::ApiError;
+use super::router::request_token;
 use crate::app::AppState;
+use crate::auth::{self, Caller};
 use crate::backplane::{Channel, Envelope};
 use crate::inbox::InboxError;
 use crate::model::{Group, GroupId, UserId, now_ms, now_us, rfc3339_millis};
@@ -42,13 +44,16 @@ pub async fn register(state: &AppState, f: Fields) -> Reply {
     tracing::info!(user_id = user.user_id, username = %user.username, node = %state.node, "user registered");
     let mut body = json!({ "user_id": user.user_id, "username": user.username });
     if let Some(tokens) = &state.tokens {
-        body["token"] = tokens.issue(user.user_id).into();
+        let (token, expires) = tokens.issue(user.user_id, now_ms() / 1000);
+        body["token"] = token.into();
+        body["token_expires_at"] = rfc3339_millis(expires.saturating_mul(1000)).into();
     }
     Ok(body)
 }
 
-pub async fn create_group(state: &AppState, f: Fields) -> Reply {
+pub async fn create_group(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let created_by = f.require_id("created_by")?;
+    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(created_by)?;
     let name = match f.text("name")?.or(f.text("groupName")?) {
         Some(n) if !n.trim().is_empty() => clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?,
         _ => "Conversation".to_owned(),
@@ -93,18 +98,9 @@ async fn announce_group(state: &AppState, group: &Group) {
     }
 }
 
-/// In signed-token mode, refuses a request without the token of `user`.
-pub fn authorize(state: &AppState, user: UserId, token: Option<&str>) -> Result<(), ApiError> {
-    let Some(tokens) = &state.tokens else { return Ok(()) };
-    if token.is_some_and(|t| tokens.verify(user, t)) {
-        return Ok(());
-    }
-    Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "A valid token of this user is required."))
-}
-
 pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
-    authorize(state, sender_id, f.text("token")?.or(bearer).as_deref())?;
+    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
     let content = f.text("content")?.unwrap_or_default();
     if content.trim().is_empty() {
         return Err(ApiError::bad_request("empty_content", "`content` must not be empty."));
@@ -222,7 +218,7 @@ pub async fn user_groups(state: &AppState, user: UserId) -> Reply {
     Ok(serde_json::Value::Array(groups.iter().map(Group::to_json).collect()))
 }
 
-pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) -> Reply {
+pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields, caller: Caller) -> Reply {
     let limit = match query.id("limit") {
         Ok(None) => 100,
         Ok(Some(n)) if n <= i64::from(MAX_HISTORY) => n as u32,
@@ -231,9 +227,10 @@ pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) ->
         }
     };
     let page = Page { after: query.id("after")?, before: query.id("before")?, limit };
-    if state.store.group_members(group).await?.is_none() {
+    let Some(members) = state.store.group_members(group).await? else {
         return Err(ApiError::not_found("group_not_found", format!("No group with id {group}.")));
-    }
+    };
+    caller.require_member(&members)?;
     let messages = state.store.messages(group, page).await?;
     Ok(serde_json::Value::Array(messages.iter().map(|m| m.to_json()).collect()))
 }

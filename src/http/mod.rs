@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 
 pub use body::{Fields, parse_id};
 pub use error::{ApiError, Body, json_response};
-pub use handlers::{authorize, readiness};
-pub use router::{Listener, bearer_token};
+pub use handlers::readiness;
+pub use router::{Listener, bearer_token, request_token};
 
 use crate::app::AppState;
 

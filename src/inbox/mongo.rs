@@ -19,6 +19,7 @@ use mongodb::{Collection, IndexModel};
 use super::{Inbox, InboxError, Limits};
 use crate::metrics::Metrics;
 use crate::model::{Message, MessageId, UserId, now_ms};
+use crate::tls::Trust;
 
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
@@ -37,13 +38,15 @@ fn key(user: UserId, message: MessageId) -> String {
 
 impl MongoInbox {
     /// Connects and ensures the indexes. The database is the URL's, else `switchboard`.
-    pub async fn connect(url: &str, limits: Limits, metrics: Arc<Metrics>) -> Result<Self, InboxError> {
+    pub async fn connect(url: &str, trust: &Trust, limits: Limits, metrics: Arc<Metrics>) -> Result<Self, InboxError> {
         let mut options = ClientOptions::parse(url).await?;
+        let ca_bundle = trust.mongo(&mut options).map_err(mongodb::error::Error::from)?;
         // Fail fast while MongoDB is away, so a send answers 503 instead of hanging.
         options.server_selection_timeout = Some(Duration::from_secs(2));
         options.connect_timeout = Some(Duration::from_secs(2));
         options.app_name = Some("switchboard".into());
         let client = mongodb::Client::with_options(options)?;
+        drop(ca_bundle);
         let db = client.default_database().unwrap_or_else(|| client.database("switchboard"));
         let coll = db.collection::<Document>("inbox");
         let inbox = Self { coll, limits, metrics };
