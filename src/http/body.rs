@@ -18,19 +18,26 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Reads the body (at most `limit` bytes) and decodes it by content type.
+    /// Reads the body (at most `limit` bytes) and decodes it by content type. A media type
+    /// that cannot be decoded, or a declared length over the limit, is refused before a byte
+    /// of the body is read (the connection's close then drains it; see `linger`).
     pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Fields, ApiError> {
         let content_type =
             req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        media_kind(content_type.as_deref())?;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("The request body is larger than {limit} bytes."),
+            )
+        };
+        if hyper::body::Body::size_hint(req.body()).lower() > limit as u64 {
+            return Err(too_large());
+        }
         let body = match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("The request body is larger than {limit} bytes."),
-                ));
-            }
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
             Err(_) => {
                 return Err(ApiError::bad_request("invalid_body", "The request body could not be read."));
             }
@@ -40,7 +47,7 @@ impl Fields {
 
     /// Decodes a body; pure, so it can be fuzzed.
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Fields, ApiError> {
-        let kind = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let kind = media_kind(content_type)?;
         let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if kind == "application/json" || (kind.is_empty() && looks_json) {
             let value: Value = serde_json::from_slice(body)
@@ -50,14 +57,7 @@ impl Fields {
             };
             return Ok(Fields { items: map.into_iter().collect() });
         }
-        if kind.is_empty() || kind == "application/x-www-form-urlencoded" {
-            return Self::from_query(body);
-        }
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send application/x-www-form-urlencoded or application/json.",
-        ))
+        Self::from_query(body)
     }
 
     /// Decodes a query string (or form body). Every name and value must be UTF-8 once
@@ -137,6 +137,19 @@ impl Fields {
             }
         }
         Ok(out)
+    }
+}
+
+/// The media type of a body this decoder reads: JSON, a form, or none given (415 otherwise).
+fn media_kind(content_type: Option<&str>) -> Result<String, ApiError> {
+    let kind = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match kind.as_str() {
+        "" | "application/json" | "application/x-www-form-urlencoded" => Ok(kind),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send application/x-www-form-urlencoded or application/json.",
+        )),
     }
 }
 
