@@ -101,6 +101,24 @@ async fn announce_group(state: &AppState, group: &Group) {
 pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
     auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
+    let (content, client_msg_id) = message_text(state, &f)?;
+    let (group_id, members) = target(state, &f, sender_id).await?;
+    require_member(state, sender_id, &members).await?;
+    // Limited only once the sender is known to be a member, so unknown ids hold no bucket.
+    if let Err(wait) = state.send_limiter.check(sender_id) {
+        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many messages; at most {} per second.", state.config.send_rate),
+        )
+        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    deliver(state, group_id, sender_id, &members, content, client_msg_id).await
+}
+
+/// The validated `content` and optional `client_msg_id` of a message to send.
+pub(super) fn message_text(state: &AppState, f: &Fields) -> Result<(String, Option<String>), ApiError> {
     let content = f.text("content")?.unwrap_or_default();
     if content.trim().is_empty() {
         return Err(ApiError::bad_request("empty_content", "`content` must not be empty."));
@@ -122,7 +140,13 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
             format!("`client_msg_id` must be at most {MAX_CLIENT_MSG_ID} bytes without control characters."),
         ));
     }
-    let (group_id, members) = match (f.id("group_id")?, f.id("receiver_id")?) {
+    Ok((content, client_msg_id))
+}
+
+/// The group a message from `sender_id` goes to and its members: `group_id`, or the
+/// one-to-one conversation with `receiver_id` (created on first use).
+pub(super) async fn target(state: &AppState, f: &Fields, sender_id: UserId) -> Result<(GroupId, Vec<UserId>), ApiError> {
+    Ok(match (f.id("group_id")?, f.id("receiver_id")?) {
         (Some(g), None) => {
             let members = state
                 .store
@@ -144,24 +168,30 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
         _ => {
             return Err(ApiError::bad_request("invalid_target", "Give exactly one of `group_id` and `receiver_id`."));
         }
-    };
+    })
+}
+
+/// Refuses a sender who is not a member (404 when the user does not exist at all).
+pub(super) async fn require_member(state: &AppState, sender_id: UserId, members: &[UserId]) -> Result<(), ApiError> {
     if !members.contains(&sender_id) {
         if state.store.user(sender_id).await?.is_none() {
             return Err(ApiError::not_found("user_not_found", format!("No user with id {sender_id}.")));
         }
         return Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", "The sender is not a member of this group."));
     }
-    // Limited only once the sender is known to be a member, so unknown ids hold no bucket.
-    if let Err(wait) = state.send_limiter.check(sender_id) {
-        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many messages; at most {} per second.", state.config.send_rate),
-        )
-        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
-    }
+    Ok(())
+}
 
+/// The durable path of an accepted message, shared by `send_message` and the server API:
+/// store, inbox entries for every member but the sender, publish, then the JSON answer.
+pub(super) async fn deliver(
+    state: &AppState,
+    group_id: GroupId,
+    sender_id: UserId,
+    members: &[UserId],
+    content: String,
+    client_msg_id: Option<String>,
+) -> Reply {
     let new = NewMessage { group_id, sender_id, content, client_msg_id, sent_at_ms: now_ms() };
     let (message, created) = state.message_writes.submit(new).await.unwrap_or(Err(StoreError::Closed))?;
     let recipients: Vec<UserId> = members.iter().copied().filter(|m| *m != sender_id).collect();

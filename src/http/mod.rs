@@ -2,6 +2,7 @@
 //! accept loop until told to stop, then lets in-flight requests finish. Upgraded WebSocket
 //! connections leave hyper's graceful shutdown; the lifecycle tracks those sessions itself.
 
+mod admin;
 mod body;
 mod error;
 mod handlers;

@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 
 use super::body::Fields;
 use super::error::{ApiError, Body, json_response};
-use super::handlers;
+use super::{admin, handlers};
 use crate::app::AppState;
 use crate::auth::{self, Caller};
 
@@ -20,7 +20,7 @@ use crate::auth::{self, Caller};
 pub enum Listener {
     /// REST, WebSocket and the page.
     Public,
-    /// Operations: metrics, probes, drain.
+    /// Operations: metrics, probes, drain, and the server API for backends.
     Admin,
 }
 
@@ -67,6 +67,13 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             let id = (*id).to_owned();
             ("/ws/{user_id}", crate::ws::upgrade(&state, req, &id).await)
         }
+        (Listener::Admin, &Method::POST, ["admin", "publish"]) => {
+            ("/admin/publish", async { admin::publish(&state, form(&state, req).await?).await.map(ok_json) }.await)
+        }
+        (Listener::Admin, &Method::POST, ["admin", "token"]) => {
+            ("/admin/token", async { admin::token(&state, form(&state, req).await?).await.map(ok_json) }.await)
+        }
+        (Listener::Admin, &Method::GET, ["admin", "info"]) => ("/admin/info", admin::info(&state).await.map(ok_json)),
         (Listener::Admin, &Method::POST, ["admin", "drain"]) => {
             state.lifecycle.drain();
             ("/admin/drain", Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "phase": "draining" }))))
@@ -81,7 +88,7 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
         (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message"])
         | (Listener::Public, _, ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
-        | (Listener::Admin, _, ["admin", "drain"])
+        | (Listener::Admin, _, ["admin", "drain" | "publish" | "token" | "info"])
         | (_, _, ["healthz" | "readyz" | "metrics"]) => (
             "method_not_allowed",
             Err(ApiError::new(
