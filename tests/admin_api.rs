@@ -39,7 +39,10 @@ async fn publish_takes_the_send_path_for_users_and_the_system() {
 
     // From the system (no sender_id): sender 0, delivered to every member.
     let (status, sys) = admin
-        .post_form("/admin/publish", &[("group_id", &g.to_string()), ("content", "maintenance at 5"), ("client_msg_id", "m-1")])
+        .post_form(
+            "/admin/publish",
+            &[("group_id", &g.to_string()), ("content", "maintenance at 5"), ("client_msg_id", "m-1")],
+        )
         .await
         .expect("system");
     assert_eq!(status, 200, "{sys}");
@@ -47,7 +50,10 @@ async fn publish_takes_the_send_path_for_users_and_the_system() {
     assert_eq!((live["content"].as_str(), live["sender_id"].as_i64()), (Some("maintenance at 5"), Some(0)));
     // A retry with the same client_msg_id is the same message.
     let (_, again) = admin
-        .post_form("/admin/publish", &[("group_id", &g.to_string()), ("content", "maintenance at 5"), ("client_msg_id", "m-1")])
+        .post_form(
+            "/admin/publish",
+            &[("group_id", &g.to_string()), ("content", "maintenance at 5"), ("client_msg_id", "m-1")],
+        )
         .await
         .expect("retry");
     assert_eq!((again["message_id"].clone(), again["duplicate"].as_bool()), (sys["message_id"].clone(), Some(true)));
@@ -79,8 +85,10 @@ async fn publish_takes_the_send_path_for_users_and_the_system() {
         assert_eq!((got.as_u16(), reply["code"].as_str()), (status, Some(code)), "{body}");
     }
     let outsider = common::users(&api, 1).await[0];
-    let (got, reply) =
-        admin.post_json("/admin/publish", &json!({ "sender_id": outsider, "group_id": g, "content": "x" })).await.expect("403");
+    let (got, reply) = admin
+        .post_json("/admin/publish", &json!({ "sender_id": outsider, "group_id": g, "content": "x" }))
+        .await
+        .expect("403");
     assert_eq!((got.as_u16(), reply["code"].as_str()), (403, Some("not_a_member")));
     // Not on the public listener.
     let (got, _) = api.post_json("/admin/publish", &json!({ "group_id": g, "content": "x" })).await.expect("public");

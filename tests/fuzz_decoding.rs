@@ -471,8 +471,10 @@ fn ids_outside_the_positive_int64_range_are_400() {
             _ => u128::MAX.to_string(),
         };
         for f in [
-            Fields::from_query(form_urlencoded::Serializer::new(String::new()).append_pair("id", &bad).finish().as_bytes())
-                .expect("decodes"),
+            Fields::from_query(
+                form_urlencoded::Serializer::new(String::new()).append_pair("id", &bad).finish().as_bytes(),
+            )
+            .expect("decodes"),
             Fields::parse(Some("application/json"), json!({ "id": bad }).to_string().as_bytes()).expect("json"),
         ] {
             let e = f.id("id").expect_err(&bad);
@@ -547,7 +549,10 @@ fn text_round_trips_through_form_and_json() {
             }
             // Different values for one field are refused; the same value twice is fine.
             let twice = format!("{form}&{form}");
-            assert_eq!(Fields::from_query(twice.as_bytes()).expect("decodes").text("content").expect("same twice").as_deref(), Some(s.as_str()));
+            assert_eq!(
+                Fields::from_query(twice.as_bytes()).expect("decodes").text("content").expect("same twice").as_deref(),
+                Some(s.as_str())
+            );
             let other = format!(
                 "{form}&{}",
                 form_urlencoded::Serializer::new(String::new()).append_pair("content", &format!("{s}!")).finish()

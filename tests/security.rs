@@ -42,13 +42,14 @@ async fn ws_status(addr: std::net::SocketAddr, user: i64, token: Option<&str>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_mode_guards_every_user_scoped_route() {
-    let node = common::embedded(&["--token-secret", SECRET, "--token-verify-secret", PREVIOUS, "--token-ttl", "3600"])
-        .await;
+    let node =
+        common::embedded(&["--token-secret", SECRET, "--token-verify-secret", PREVIOUS, "--token-ttl", "3600"]).await;
     let api = node.api();
     let mut ids = Vec::new();
     let mut tokens = Vec::new();
     for name in ["alice", "bob", "carol"] {
-        let (status, body) = call(&api, "POST", "/register", Some(json!({ "username": common::unique(name) })), None).await;
+        let (status, body) =
+            call(&api, "POST", "/register", Some(json!({ "username": common::unique(name) })), None).await;
         assert_eq!(status, 200, "{body}");
         assert!(body["token_expires_at"].is_string(), "{body}");
         ids.push(body["user_id"].as_i64().expect("id"));
@@ -188,7 +189,9 @@ async fn invalid_utf8_is_a_400_in_every_field() {
         assert_eq!((status.as_u16(), body["code"].as_str()), (400, Some("invalid_encoding")), "{what}: {body}");
     }
     match connect_ws_with(node.addr, &format!("/ws/{}?ack=%ff", u[0]), &[]).await {
-        Err(ClientError::Status { status, body }) => assert_eq!((status.as_u16(), body["code"].as_str()), (400, Some("invalid_encoding"))),
+        Err(ClientError::Status { status, body }) => {
+            assert_eq!((status.as_u16(), body["code"].as_str()), (400, Some("invalid_encoding")))
+        }
         other => panic!("websocket with invalid UTF-8 accepted: {:?}", other.is_ok()),
     }
     // Nothing was stored in place of what the client sent.
@@ -254,11 +257,17 @@ async fn refused_uploads_are_answered_not_reset() {
         assert!(line.starts_with("HTTP/1.1 413"), "slow chunked upload: {line}");
     }
     // A media type refused before reading, and a 401, each with a body behind it.
-    let head = format!("POST /register HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n", big.len());
+    let head = format!(
+        "POST /register HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
     let line = post_then_read(addr, &head, &big, 64 * 1024, Duration::ZERO).await.expect("415");
     assert!(line.starts_with("HTTP/1.1 415"), "{line}");
     let body = json!({ "created_by": 1, "user_ids": [2], "name": "x".repeat(60_000) }).to_string();
-    let head = format!("POST /create_group HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /create_group HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     let line = post_then_read(addr, &head, body.as_bytes(), 1024, Duration::from_millis(1)).await.expect("401");
     assert!(line.starts_with("HTTP/1.1 401"), "{line}");
     eprintln!("100 x 10 MB refused and read in {all_at_once:?}");

@@ -114,22 +114,17 @@ async fn rediss_to_a_tls_only_redis_and_an_untrusted_certificate_is_refused() {
 
     // A node on it: the backplane is up and a message travels through it.
     let (db, _dir) = common::sqlite_url();
-    let node = common::start(&[
-        "--database-url",
-        &db,
-        "--redis-url",
-        &url,
-        "--tls-ca-file",
-        &certs.path("ca.pem"),
-    ])
-    .await;
+    let node =
+        common::start(&["--database-url", &db, "--redis-url", &url, "--tls-ca-file", &certs.path("ca.pem")]).await;
     let api = node.api();
     let (status, ready) = switchboard::client::Api::new(node.admin).get("/readyz").await.expect("readyz");
     assert_eq!((status.as_u16(), &ready["backends"]["backplane"]), (200, &serde_json::json!("up")), "{ready}");
     let u = common::users(&api, 2).await;
     let g = api.create_group(u[0], &[u[1]]).await.expect("group");
     let mut ws = switchboard::client::connect_ws(node.addr, u[1], false).await.expect("ws");
-    assert!(matches!(ws.next(Duration::from_secs(5)).await, Some(switchboard::client::WsEvent::Json(v)) if v["type"] == "hello"));
+    assert!(
+        matches!(ws.next(Duration::from_secs(5)).await, Some(switchboard::client::WsEvent::Json(v)) if v["type"] == "hello")
+    );
     api.send(u[0], g, "over TLS", None).await.expect("send");
     let frame = ws.next(Duration::from_secs(5)).await;
     assert!(matches!(&frame, Some(switchboard::client::WsEvent::Json(v)) if v["content"] == "over TLS"), "{frame:?}");

@@ -145,7 +145,11 @@ pub(super) fn message_text(state: &AppState, f: &Fields) -> Result<(String, Opti
 
 /// The group a message from `sender_id` goes to and its members: `group_id`, or the
 /// one-to-one conversation with `receiver_id` (created on first use).
-pub(super) async fn target(state: &AppState, f: &Fields, sender_id: UserId) -> Result<(GroupId, Vec<UserId>), ApiError> {
+pub(super) async fn target(
+    state: &AppState,
+    f: &Fields,
+    sender_id: UserId,
+) -> Result<(GroupId, Vec<UserId>), ApiError> {
     Ok(match (f.id("group_id")?, f.id("receiver_id")?) {
         (Some(g), None) => {
             let members = state
