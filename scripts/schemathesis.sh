@@ -12,6 +12,9 @@
 # negative data), SCHEMATHESIS_CHECKS (default: no 5xx, and documented statuses, content
 # types, headers and bodies).
 #
+# The server API (`/admin/publish`, `/admin/token`, `/admin/info`) is run against the admin
+# listener in a second pass.
+#
 # Not exercised: GET /ws/{user_id} (schemathesis cannot speak WebSocket; tests/websocket.rs
 # covers it). GET /openapi.yaml must serve the repository file byte for byte (a node built
 # before the last edit of the file fails here); a node that does not serve it is noted.
@@ -119,58 +122,68 @@ else
     echo "== note: GET /openapi.yaml answered $code; the router does not serve the document yet"
 fi
 
-echo "== schemathesis run: mode $MODE, $MAX_EXAMPLES examples per operation, seed $SEED"
-echo "   checks: $CHECKS"
-set +e
+# Two runs: the public listener's paths, then the server API (`/admin/...`, which only the
+# admin listener serves; /admin/drain is not in the document, so no run drains the node).
 # --exclude-path: /ws/{user_id} needs a WebSocket client; /openapi.yaml only when not served.
 # --workers 1: CPython 3.11's ast.parse is not thread-safe, and hypothesis calls it while
 # describing strategies ("AST constructor recursion depth mismatch" with 2 workers).
 # The stateful phase follows the document's links (register -> user's groups, ...).
-ST_ARGS=(
-    run "$PWD/$SPEC"
-    --url "$BASE"
-    --checks "$CHECKS"
-    --mode "$MODE"
-    --phases 'examples,coverage,fuzzing,stateful'
-    --max-examples "$MAX_EXAMPLES"
-    --seed "$SEED"
-    --generation-database none
-    --exclude-path '/ws/{user_id}'
-    "${EXCLUDE_SPEC[@]}"
-    --workers 1
-    --request-timeout 10
-    --max-failures 50
-    --no-color
-    --report junit --report-junit-path "$WORK/junit.xml"
-)
-echo "+ python3 -m schemathesis.cli ${ST_ARGS[*]}"
-# From the scratch directory, so hypothesis and schemathesis leave their caches there.
-(cd "$WORK" && st "${ST_ARGS[@]}") 2>&1 | tee "$WORK/run.log"
-status=${PIPESTATUS[0]}
+run_st() { # run_st NAME BASE_URL PHASES FILTER...
+    local name=$1 base=$2 phases=$3
+    shift 3
+    local args=(
+        run "$PWD/$SPEC"
+        --url "$base"
+        --checks "$CHECKS"
+        --mode "$MODE"
+        --phases "$phases"
+        --max-examples "$MAX_EXAMPLES"
+        --seed "$SEED"
+        --generation-database none
+        "$@"
+        --workers 1
+        --request-timeout 10
+        --max-failures 50
+        --no-color
+        --report junit --report-junit-path "$WORK/junit-$name.xml"
+    )
+    echo "== schemathesis run ($name): mode $MODE, $MAX_EXAMPLES examples per operation, seed $SEED"
+    echo "   checks: $CHECKS"
+    echo "+ python3 -m schemathesis.cli ${args[*]}"
+    # From the scratch directory, so hypothesis and schemathesis leave their caches there.
+    (cd "$WORK" && st "${args[@]}") 2>&1 | tee "$WORK/run-$name.log"
+    return "${PIPESTATUS[0]}"
+}
+set +e
+run_st public "$BASE" examples,coverage,fuzzing,stateful --exclude-path '/ws/{user_id}' --exclude-path-regex '^/admin/' "${EXCLUDE_SPEC[@]}"
+status_public=$?
+# No stateful phase here: the server API has no links between its operations.
+run_st admin "http://127.0.0.1:$ADMIN_PORT" examples,coverage,fuzzing --include-path-regex '^/admin/'
+status_admin=$?
 set -e
 
-# Count from the JUnit report: a testcase per operation, and one for the stateful phase.
-read -r st_total st_failed < <(python3 - "$WORK/junit.xml" <<'EOF'
+# Count from the JUnit reports: a testcase per operation, and one per stateful phase.
+read -r st_total st_failed < <(python3 - "$WORK/junit-public.xml" "$WORK/junit-admin.xml" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except Exception:
-    print(0, 0)
-    sys.exit()
 total = failed = 0
-for case in root.iter("testcase"):
-    total += 1
-    if case.find("failure") is not None or case.find("error") is not None:
-        failed += 1
+for path in sys.argv[1:]:
+    try:
+        root = ET.parse(path).getroot()
+    except Exception:
+        continue
+    for case in root.iter("testcase"):
+        total += 1
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
 print(total, failed)
 EOF
 )
 
 passed=$((st_total - st_failed + spec_passed))
 failed=$((st_failed + spec_failed))
-if [[ $status -ne 0 && $st_failed -eq 0 ]]; then
-    echo "schemathesis exited $status without a failing operation in its report" >&2
+if [[ ($status_public -ne 0 || $status_admin -ne 0) && $st_failed -eq 0 ]]; then
+    echo "schemathesis exited $status_public/$status_admin without a failing operation in its report" >&2
     failed=$((failed + 1))
 fi
 if [[ $st_total -eq 0 ]]; then

@@ -2,7 +2,8 @@
 # Makes sure the real services the tests talk to are installed and running on loopback:
 # MariaDB (127.0.0.1:3306, root without password), Redis (127.0.0.1:6379), the MongoDB
 # wire-compatible stand-in secantusdb (127.0.0.1:27017), plus the tools the tests drive
-# (HAProxy, Prometheus/promtool, Chromium, Node packages, k6, kubernetes-validate, kubectl).
+# (HAProxy, Prometheus/promtool, Chromium, Node packages, k6, kubernetes-validate, kubectl,
+# openssl).
 # Safe to run again: it only installs or starts what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,9 @@ need_cmd haproxy haproxy
 need_cmd promtool prometheus
 need_cmd chromium chromium
 need_cmd node nodejs npm
+# openssl makes the throwaway CA and certificates of the backend TLS tests (tests/tls.rs),
+# which start their own TLS-only Redis, MariaDB and MongoDB stand-in beside these services.
+need_cmd openssl openssl
 
 # MariaDB: start it, and let root in over TCP without a password via mysql_native_password
 # (what sqlx speaks), keeping unix_socket as a fallback for local admin.

@@ -26,6 +26,7 @@ use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
+use crate::tls::Trust;
 use crate::ws::protocol::close;
 
 /// Everything a request handler or session needs, shared by reference count.
@@ -56,6 +57,8 @@ pub enum StartError {
     Inbox(#[from] InboxError),
     #[error("{0}")]
     Backplane(#[from] BackplaneError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 pub struct App {
@@ -67,7 +70,8 @@ impl App {
         let node = config.node_name();
         let metrics = Arc::new(Metrics::new(&node));
         metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
-        let db = Database::connect(&config.database_url).await?;
+        let trust = Trust::load(config.tls_ca_file.as_deref()).map_err(StartError::Tls)?;
+        let db = Database::connect(&trust.mysql_url(&config.database_url)).await?;
         // SQLite has one writer, so one shard; MySQL commits shards in parallel, each on its
         // own connection, a few per core.
         let shards = match db.dialect {
@@ -76,12 +80,15 @@ impl App {
         };
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
         let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
-            Some(url) => Arc::new(inbox::MongoInbox::connect(url, metrics.clone()).await?),
+            Some(url) => Arc::new(inbox::MongoInbox::connect(url, &trust, metrics.clone()).await?),
             None => Arc::new(SqlInbox::new(db, metrics.clone())),
         };
         let (events_tx, events_rx) = mpsc::channel(4096);
         let backplane: Arc<dyn Backplane> = match &config.redis_url {
-            Some(url) => Arc::new(RedisBackplane::connect(url, &config.channel_prefix, events_tx, metrics.clone())?),
+            Some(url) => {
+                let client = trust.redis_client(url).map_err(BackplaneError::from)?;
+                Arc::new(RedisBackplane::connect(client, &config.channel_prefix, events_tx, metrics.clone())?)
+            }
             None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events_tx)),
         };
         let hub = Hub::new(backplane.clone(), metrics.clone());
@@ -89,7 +96,10 @@ impl App {
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
         let commits = Commits::spawn(store.clone(), backplane, shards);
-        let tokens = config.token_secret.as_deref().map(Tokens::new);
+        let tokens = config
+            .token_secret
+            .as_deref()
+            .map(|secret| Tokens::new(secret, config.token_verify_secret.as_deref(), config.token_ttl));
         let state = AppState {
             send_limiter,
             commits,

@@ -35,10 +35,13 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// Store: `sqlite://FILE` (embedded) or `mysql://user:pass@host:port/db` (production).
+    /// TLS: add `?ssl-mode=REQUIRED` (encrypt), `VERIFY_CA` (and check the chain) or
+    /// `VERIFY_IDENTITY` (and the host name).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchboard.db")]
     pub database_url: String,
 
-    /// Backplane: `redis://host:port`; unset means the in-process backplane (one node only).
+    /// Backplane: `redis://host:port`, or `rediss://` for TLS; unset means the in-process
+    /// backplane (one node only).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -47,7 +50,8 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
     pub channel_prefix: String,
 
-    /// Offline inbox: `mongodb://host:port/db`; unset means a table in the store's database.
+    /// Offline inbox: `mongodb://host:port/db` (`?tls=true` for TLS) or `mongodb+srv://`
+    /// (DNS seed list, TLS by default); unset means a table in the store's database.
     #[arg(long, env = "MONGODB_URL")]
     pub mongodb_url: Option<String>,
 
@@ -132,9 +136,24 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
 
     /// Secret for the optional signed-token mode. When set, /register returns a token and
-    /// /ws/{user_id} and send_message require the token of that user. Off when unset.
+    /// every user-scoped route requires the token of that user (401 without a valid one,
+    /// 403 for another user's). Off when unset.
     #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+
+    /// A second secret whose tokens are still accepted but never issued: the old one while
+    /// rotating (or the new one, on every node, before any node signs with it).
+    #[arg(long, env = "SWITCHBOARD_TOKEN_VERIFY_SECRET", hide_env_values = true)]
+    pub token_verify_secret: Option<String>,
+
+    /// Lifetime of an issued token, in seconds.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_TTL", default_value_t = 24 * 3600)]
+    pub token_ttl: u64,
+
+    /// A PEM CA bundle trusted besides the system roots by the TLS connections to MySQL,
+    /// Redis and MongoDB (a private or cloud provider CA).
+    #[arg(long, env = "SWITCHBOARD_TLS_CA_FILE")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -162,9 +181,16 @@ impl Config {
         if !(self.send_rate > 0.0 && self.send_rate.is_finite()) || self.send_burst == 0 {
             return Err("--send-rate must be a positive number and --send-burst at least 1".into());
         }
-        if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err("--token-secret must be at least 16 characters".into());
+        if [&self.token_secret, &self.token_verify_secret].iter().any(|s| s.as_ref().is_some_and(|s| s.len() < 16)) {
+            return Err("--token-secret and --token-verify-secret must be at least 16 characters".into());
         }
+        if self.token_verify_secret.is_some() && self.token_secret.is_none() {
+            return Err("--token-verify-secret needs --token-secret".into());
+        }
+        if self.token_ttl == 0 {
+            return Err("--token-ttl must be at least 1 second".into());
+        }
+        crate::tls::Trust::load(self.tls_ca_file.as_deref())?;
         if self.max_group_members < 2 {
             return Err("--max-group-members must be at least 2".into());
         }
@@ -213,6 +239,17 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout)
     }
+
+    /// The warning to log when the public listener is reachable from other hosts while
+    /// every route answers anyone: fine behind an authenticating proxy, not on its own.
+    pub fn exposure_warning(&self) -> Option<String> {
+        (self.token_secret.is_none() && !self.listen.ip().is_loopback()).then(|| {
+            format!(
+                "listening on {} beyond loopback without --token-secret: any client can act as any user",
+                self.listen
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -237,5 +274,19 @@ mod tests {
         let c = Config::from_args(["--database-url", "postgres://x"]).expect("parses");
         assert!(c.validate().expect_err("unsupported").contains("DATABASE_URL"));
         assert!(Config::from_args(["--listen", "not-an-addr"]).is_err());
+        let c = Config::from_args(["--tls-ca-file", "/nonexistent/ca.pem"]).expect("parses");
+        assert!(c.validate().expect_err("no such CA file").contains("SWITCHBOARD_TLS_CA_FILE"));
+        let c = Config::from_args(["--token-verify-secret", "0123456789abcdef"]).expect("parses");
+        assert!(c.validate().is_err(), "a verify secret alone");
+    }
+
+    #[test]
+    fn open_mode_beyond_loopback_is_warned_about() {
+        let warn = |args: &[&str]| Config::from_args(args).expect("parses").exposure_warning();
+        assert!(warn(&["--listen", "0.0.0.0:8000"]).expect("warns").contains("--token-secret"));
+        assert!(warn(&["--listen", "[::]:8000"]).is_some());
+        assert!(warn(&["--listen", "127.0.0.1:8000"]).is_none());
+        assert!(warn(&["--listen", "[::1]:8000"]).is_none());
+        assert!(warn(&["--listen", "0.0.0.0:8000", "--token-secret", "0123456789abcdef"]).is_none());
     }
 }

@@ -16,7 +16,9 @@
 //! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
-//! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode.
+//! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode and
+//!   who may call which route in it.
+//! - [`tls`]: the trust (system roots plus an optional CA file) of TLS to every backend.
 //! - [`batch`]: the sharded group-commit batcher under [`commit`].
 //! - [`metrics`]: the node's Prometheus registry.
 //! - [`model`]: ids, users, groups, messages and their wire frame.
@@ -43,6 +45,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod tls;
 pub mod web;
 pub mod ws;
 

@@ -74,6 +74,9 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, node = %app.state().node, "switchboard starting");
+    if let Some(warning) = config.exposure_warning() {
+        tracing::warn!("{warning}; set --token-secret, or keep the node behind a proxy that authenticates");
+    }
     let lifecycle = app.lifecycle();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -98,8 +98,9 @@ fn memory_pair() -> (Node, Node) {
 
 fn redis_node(url: &str) -> Node {
     let (tx, rx) = mpsc::channel(1024);
+    let client = redis::Client::open(url).expect("redis url");
     let b: Arc<dyn Backplane> =
-        Arc::new(RedisBackplane::connect(url, "conformance:", tx, Arc::new(Metrics::new("t"))).expect("redis"));
+        Arc::new(RedisBackplane::connect(client, "conformance:", tx, Arc::new(Metrics::new("t"))).expect("redis"));
     (b, rx)
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use switchboard::inbox::{Inbox, MongoInbox, Position, Recorder, SqlInbox};
 use switchboard::metrics::Metrics;
 use switchboard::store::Database;
+use switchboard::tls::Trust;
 
 fn at(user_id: i64, group_id: i64, seq: i64) -> Position {
     Position { user_id, group_id, seq }
@@ -75,6 +76,6 @@ async fn sql_inbox_on_mysql_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_inbox_conforms() {
     let Some(url) = common::mongo_url() else { return };
-    let inbox = MongoInbox::connect(&url, Arc::new(Metrics::new("t"))).await.expect("mongo");
+    let inbox = MongoInbox::connect(&url, &Trust::default(), Arc::new(Metrics::new("t"))).await.expect("mongo");
     suite(Arc::new(inbox)).await;
 }

@@ -67,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => client_error(&e),
     }
     if let Ok(text) = std::str::from_utf8(body) {
-        exercise(&Fields::from_query(text));
+        match Fields::from_query(text.as_bytes()) {
+            Ok(f) => exercise(&f),
+            Err(e) => client_error(&e),
+        }
         match parse_client_text(text) {
             Ok(ClientFrame::Ack(ids)) => assert!(ids.len() <= MAX_ACK_IDS && ids.iter().all(|id| *id >= 1)),
             Ok(ClientFrame::Heartbeat) => {}

@@ -53,16 +53,15 @@ pub struct RedisBackplane {
 }
 
 impl RedisBackplane {
-    /// Validates the URL and starts the subscriber task. Does not wait for Redis: a node can
+    /// Starts the subscriber task on a client built from the URL (with its TLS trust). Does not wait for Redis: a node can
     /// start while Redis is down and catches up (Resynced) when it returns.
     /// `prefix` namespaces every channel name, so deployments sharing one Redis stay apart.
     pub fn connect(
-        url: &str,
+        client: redis::Client,
         prefix: &str,
         events: mpsc::Sender<Event>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BackplaneError> {
-        let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
             .set_response_timeout(Some(IO_TIMEOUT))

@@ -18,19 +18,26 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Reads the body (at most `limit` bytes) and decodes it by content type.
+    /// Reads the body (at most `limit` bytes) and decodes it by content type. A media type
+    /// that cannot be decoded, or a declared length over the limit, is refused before a byte
+    /// of the body is read (the connection's close then drains it; see `linger`).
     pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Fields, ApiError> {
         let content_type =
             req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        media_kind(content_type.as_deref())?;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("The request body is larger than {limit} bytes."),
+            )
+        };
+        if hyper::body::Body::size_hint(req.body()).lower() > limit as u64 {
+            return Err(too_large());
+        }
         let body = match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("The request body is larger than {limit} bytes."),
-                ));
-            }
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
             Err(_) => {
                 return Err(ApiError::bad_request("invalid_body", "The request body could not be read."));
             }
@@ -40,7 +47,7 @@ impl Fields {
 
     /// Decodes a body; pure, so it can be fuzzed.
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Fields, ApiError> {
-        let kind = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let kind = media_kind(content_type)?;
         let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if kind == "application/json" || (kind.is_empty() && looks_json) {
             let value: Value = serde_json::from_slice(body)
@@ -50,25 +57,24 @@ impl Fields {
             };
             return Ok(Fields { items: map.into_iter().collect() });
         }
-        if kind.is_empty() || kind == "application/x-www-form-urlencoded" {
-            let Ok(text) = std::str::from_utf8(body) else {
-                return Err(ApiError::bad_request("invalid_body", "The form body is not valid UTF-8."));
-            };
-            return Ok(Self::from_query(text));
-        }
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send application/x-www-form-urlencoded or application/json.",
-        ))
+        Self::from_query(body)
     }
 
-    /// Decodes a query string (or form body).
-    pub fn from_query(query: &str) -> Fields {
-        let items = form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        Fields { items }
+    /// Decodes a query string (or form body). Every name and value must be UTF-8 once
+    /// percent-decoded: a lossy decoding would store U+FFFD in place of what the client sent,
+    /// so `%ff` anywhere is a 400 rather than silently altered text.
+    pub fn from_query(query: &[u8]) -> Result<Fields, ApiError> {
+        let items = query
+            .split(|&b| b == b'&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let mut parts = pair.splitn(2, |&b| b == b'=');
+                let name = decode_component(parts.next().unwrap_or_default())?;
+                let value = decode_component(parts.next().unwrap_or_default())?;
+                Ok((name, Value::String(value)))
+            })
+            .collect::<Result<_, ApiError>>()?;
+        Ok(Fields { items })
     }
 
     fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -134,6 +140,27 @@ impl Fields {
     }
 }
 
+/// The media type of a body this decoder reads: JSON, a form, or none given (415 otherwise).
+fn media_kind(content_type: Option<&str>) -> Result<String, ApiError> {
+    let kind = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match kind.as_str() {
+        "" | "application/json" | "application/x-www-form-urlencoded" => Ok(kind),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send application/x-www-form-urlencoded or application/json.",
+        )),
+    }
+}
+
+/// One `application/x-www-form-urlencoded` name or value: `+` is a space, then `%XX` escapes.
+fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_encoding", "A field is not valid UTF-8 once percent-decoded."))
+}
+
 fn invalid_id(name: &str) -> ApiError {
     ApiError::bad_request("invalid_id", format!("`{name}` must be a positive integer id."))
 }
@@ -184,7 +211,7 @@ mod tests {
     #[test]
     fn bad_ids_and_bodies_are_client_errors() {
         for bad in ["0", "-1", "1.5", "abc", "99999999999999999999", "1e3"] {
-            let f = Fields::from_query(&format!("id={bad}"));
+            let f = Fields::from_query(format!("id={bad}").as_bytes()).expect("decodes");
             let e = f.id("id").expect_err(bad);
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
@@ -196,5 +223,17 @@ mod tests {
         );
         assert_eq!(Fields::parse(None, b"a=1&a=2").expect("form").id("a").expect_err("dup").code, "duplicate_field");
         assert_eq!(Fields::parse(None, b"a=1&a=1").expect("form").id("a").expect("same twice"), Some(1));
+    }
+
+    #[test]
+    fn invalid_utf8_after_percent_decoding_is_refused_in_names_and_values() {
+        for bad in [&b"content=%ff%fe"[..], b"%ff=1", b"a=1&b=%c3", b"content=ok&x=\xff"] {
+            let e = Fields::parse(None, bad).expect_err("invalid UTF-8");
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_encoding"), "{bad:?}");
+        }
+        let f = Fields::parse(None, b"content=%C3%A9t%C3%A9+%2B1&empty=&flag").expect("valid UTF-8");
+        assert_eq!(f.text("content").expect("text").as_deref(), Some("\u{e9}t\u{e9} +1"));
+        assert_eq!(f.text("empty").expect("text").as_deref(), Some(""));
+        assert_eq!(f.text("flag").expect("text").as_deref(), Some(""));
     }
 }

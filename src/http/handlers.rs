@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::body::Fields;
 use super::error::ApiError;
+use super::router::request_token;
 use crate::app::AppState;
+use crate::auth::{self, Caller};
 use crate::backplane::{Channel, Envelope};
 use crate::model::{Group, GroupId, UserId, now_ms, rfc3339_millis};
 use crate::store::{NewMessage, Page};
@@ -47,13 +49,16 @@ pub async fn register(state: &AppState, f: Fields) -> Reply {
     tracing::info!(user_id = user.user_id, username = %user.username, node = %state.node, "user registered");
     let mut body = json!({ "user_id": user.user_id, "username": user.username });
     if let Some(tokens) = &state.tokens {
-        body["token"] = tokens.issue(user.user_id).into();
+        let (token, expires) = tokens.issue(user.user_id, now_ms() / 1000);
+        body["token"] = token.into();
+        body["token_expires_at"] = rfc3339_millis(expires.saturating_mul(1000)).into();
     }
     Ok(body)
 }
 
-pub async fn create_group(state: &AppState, f: Fields) -> Reply {
+pub async fn create_group(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let created_by = f.require_id("created_by")?;
+    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(created_by)?;
     let name = match f.text("name")?.or(f.text("groupName")?) {
         Some(n) if !n.trim().is_empty() => clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?,
         _ => "Conversation".to_owned(),
@@ -106,18 +111,27 @@ async fn announce_group(state: &AppState, group: &Group) {
     }
 }
 
-/// In signed-token mode, refuses a request without the token of `user`.
-pub fn authorize(state: &AppState, user: UserId, token: Option<&str>) -> Result<(), ApiError> {
-    let Some(tokens) = &state.tokens else { return Ok(()) };
-    if token.is_some_and(|t| tokens.verify(user, t)) {
-        return Ok(());
-    }
-    Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "A valid token of this user is required."))
-}
-
 pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
-    authorize(state, sender_id, f.text("token")?.or(bearer).as_deref())?;
+    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
+    let (content, client_msg_id) = message_text(state, &f)?;
+    let (group_id, members) = target(state, &f, sender_id).await?;
+    require_member(state, sender_id, &members).await?;
+    // Limited only once the sender is known to be a member, so unknown ids hold no bucket.
+    if let Err(wait) = state.send_limiter.check(sender_id) {
+        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many messages; at most {} per second.", state.config.send_rate),
+        )
+        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    deliver(state, group_id, sender_id, content, client_msg_id).await
+}
+
+/// The validated `content` and optional `client_msg_id` of a message to send.
+pub(super) fn message_text(state: &AppState, f: &Fields) -> Result<(String, Option<String>), ApiError> {
     let content = f.text("content")?.unwrap_or_default();
     if content.trim().is_empty() {
         return Err(ApiError::bad_request("empty_content", "`content` must not be empty."));
@@ -139,7 +153,17 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
             format!("`client_msg_id` must be at most {MAX_CLIENT_MSG_ID} bytes without control characters."),
         ));
     }
-    let (group_id, members) = match (f.id("group_id")?, f.id("receiver_id")?) {
+    Ok((content, client_msg_id))
+}
+
+/// The group a message from `sender_id` goes to and its members: `group_id`, or the
+/// one-to-one conversation with `receiver_id` (created on first use).
+pub(super) async fn target(
+    state: &AppState,
+    f: &Fields,
+    sender_id: UserId,
+) -> Result<(GroupId, Vec<UserId>), ApiError> {
+    Ok(match (f.id("group_id")?, f.id("receiver_id")?) {
         (Some(g), None) => {
             let members = state
                 .store
@@ -161,24 +185,29 @@ pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -
         _ => {
             return Err(ApiError::bad_request("invalid_target", "Give exactly one of `group_id` and `receiver_id`."));
         }
-    };
+    })
+}
+
+/// Refuses a sender who is not a member (404 when the user does not exist at all).
+pub(super) async fn require_member(state: &AppState, sender_id: UserId, members: &[UserId]) -> Result<(), ApiError> {
     if !members.contains(&sender_id) {
         if state.store.user(sender_id).await?.is_none() {
             return Err(ApiError::not_found("user_not_found", format!("No user with id {sender_id}.")));
         }
         return Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", "The sender is not a member of this group."));
     }
-    // Limited only once the sender is known to be a member, so unknown ids hold no bucket.
-    if let Err(wait) = state.send_limiter.check(sender_id) {
-        state.metrics.limit_rejections.with_label_values(&["send_rate"]).inc();
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many messages; at most {} per second.", state.config.send_rate),
-        )
-        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
-    }
+    Ok(())
+}
 
+/// The durable path of an accepted message, shared by `send_message` and the server API:
+/// group commit (store, then publish), then the JSON answer.
+pub(super) async fn deliver(
+    state: &AppState,
+    group_id: GroupId,
+    sender_id: UserId,
+    content: String,
+    client_msg_id: Option<String>,
+) -> Reply {
     let new = NewMessage { group_id, sender_id, content, client_msg_id, sent_at_ms: now_ms() };
     let (message, created) = state.commits.send(new).await?;
     state.metrics.messages_sent.inc();
@@ -202,7 +231,7 @@ pub async fn user_groups(state: &AppState, user: UserId) -> Reply {
     Ok(serde_json::Value::Array(groups.iter().map(|g| g.to_json(&users)).collect()))
 }
 
-pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) -> Reply {
+pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields, caller: Caller) -> Reply {
     let limit = match query.id("limit") {
         Ok(None) => 100,
         Ok(Some(n)) if n <= i64::from(MAX_HISTORY) => n as u32,
@@ -211,9 +240,10 @@ pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields) ->
         }
     };
     let page = Page { after: query.id("after")?, before: query.id("before")?, limit };
-    if state.store.group_members(group).await?.is_none() {
+    let Some(members) = state.store.group_members(group).await? else {
         return Err(ApiError::not_found("group_not_found", format!("No group with id {group}.")));
-    }
+    };
+    caller.require_member(&members)?;
     let messages = state.store.messages(group, page).await?;
     Ok(serde_json::Value::Array(messages.iter().map(|m| m.to_json()).collect()))
 }

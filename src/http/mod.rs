@@ -2,13 +2,16 @@
 //! accept loop until told to stop, then lets in-flight requests finish. Upgraded WebSocket
 //! connections leave hyper's graceful shutdown; the lifecycle tracks those sessions itself.
 
+mod admin;
 mod body;
 mod error;
 mod handlers;
+mod linger;
 mod router;
 mod users;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -20,8 +23,8 @@ use tokio_util::task::TaskTracker;
 
 pub use body::{Fields, parse_id};
 pub use error::{ApiError, Body, json_response};
-pub use handlers::{authorize, readiness};
-pub use router::{Listener, bearer_token};
+pub use handlers::readiness;
+pub use router::{Listener, bearer_token, request_token};
 
 use crate::app::AppState;
 
@@ -46,11 +49,28 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, 
             },
         };
         let _ = stream.set_nodelay(true);
+        let (stream, lingering) = match linger::split(stream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "cannot duplicate the connection's socket");
+                continue;
+            }
+        };
         let conn_state = state.clone();
         let state = state.clone();
+        // Set once a WebSocket took the socket over: then it is the session's to close.
+        let upgraded = Arc::new(AtomicBool::new(false));
+        let upgraded_by = upgraded.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(router::route(state, kind, req).await) }
+            let upgraded = upgraded_by.clone();
+            async move {
+                let res = router::route(state, kind, req).await;
+                if res.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    upgraded.store(true, Ordering::Relaxed);
+                }
+                Ok::<_, std::convert::Infallible>(res)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -67,12 +87,17 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, 
                     conn.await
                 }
             };
+            let slowloris = res.as_ref().is_err_and(|e| e.is_timeout());
             if let Err(e) = res {
                 if e.is_timeout() {
                     // Headers not sent in time: a slowloris, or a very slow client.
                     conn_state.metrics.limit_rejections.with_label_values(&["header_timeout"]).inc();
                 }
                 tracing::debug!(error = %e, %peer, "http connection ended with an error");
+            }
+            // A slowloris is cut, not waited for.
+            if !upgraded.load(Ordering::Relaxed) && !slowloris {
+                linger::linger(lingering).await;
             }
         });
     }

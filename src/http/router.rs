@@ -11,15 +11,16 @@ use hyper::{Method, Request, Response, StatusCode, header};
 
 use super::body::Fields;
 use super::error::{ApiError, Body, json_response};
-use super::{handlers, users};
+use super::{admin, handlers, users};
 use crate::app::AppState;
+use crate::auth::{self, Caller};
 
 /// Which listener a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {
     /// REST, WebSocket and the page.
     Public,
-    /// Operations: metrics, probes, drain.
+    /// Operations: metrics, probes, drain, and the server API for backends.
     Admin,
 }
 
@@ -36,18 +37,22 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         (Listener::Public, &Method::POST, ["register"]) => {
             ("/register", async { handlers::register(&state, form(&state, req).await?).await.map(ok_json) }.await)
         }
-        (Listener::Public, &Method::POST, ["create_group"]) => (
-            "/create_group",
-            async { handlers::create_group(&state, form(&state, req).await?).await.map(ok_json) }.await,
-        ),
+        (Listener::Public, &Method::POST, ["create_group"]) => {
+            let bearer = bearer_token(&req);
+            let reply = async { handlers::create_group(&state, form(&state, req).await?, bearer).await.map(ok_json) };
+            ("/create_group", reply.await)
+        }
         (Listener::Public, &Method::POST, ["send_message"]) => {
             let bearer = bearer_token(&req);
             let reply = async { handlers::send_message(&state, form(&state, req).await?, bearer).await.map(ok_json) };
             ("/send_message", reply.await)
         }
         (Listener::Public, &Method::GET, ["users"]) => {
-            let query = Fields::from_query(req.uri().query().unwrap_or(""));
-            ("/users", users::find_user(&state, &query).await.map(ok_json))
+            let reply = async {
+                let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes())?;
+                users::find_user(&state, &query).await.map(ok_json)
+            };
+            ("/users", reply.await)
         }
         (Listener::Public, &Method::GET, ["users", id]) => {
             let r = match path_id(id, "user") {
@@ -57,24 +62,32 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             ("/users/{id}", r)
         }
         (Listener::Public, &Method::GET, ["users", id, "groups"]) => {
-            let r = match path_id(id, "user") {
-                Ok(user) => handlers::user_groups(&state, user).await.map(ok_json),
-                Err(e) => Err(e),
+            let reply = async {
+                let user = path_id(id, "user")?;
+                query_caller(&state, &req)?.1.require(user)?;
+                handlers::user_groups(&state, user).await.map(ok_json)
             };
-            ("/users/{id}/groups", r)
+            ("/users/{id}/groups", reply.await)
         }
         (Listener::Public, &Method::GET, ["groups", id, "messages"]) => {
-            let query = Fields::from_query(req.uri().query().unwrap_or(""));
-            let r = match path_id(id, "group") {
-                Ok(group) => handlers::group_messages(&state, group, &query).await.map(ok_json),
-                Err(e) => Err(e),
+            let reply = async {
+                let group = path_id(id, "group")?;
+                let (query, caller) = query_caller(&state, &req)?;
+                handlers::group_messages(&state, group, &query, caller).await.map(ok_json)
             };
-            ("/groups/{id}/messages", r)
+            ("/groups/{id}/messages", reply.await)
         }
         (Listener::Public, &Method::GET, ["ws", id]) => {
             let id = (*id).to_owned();
             ("/ws/{user_id}", crate::ws::upgrade(&state, req, &id).await)
         }
+        (Listener::Admin, &Method::POST, ["admin", "publish"]) => {
+            ("/admin/publish", async { admin::publish(&state, form(&state, req).await?).await.map(ok_json) }.await)
+        }
+        (Listener::Admin, &Method::POST, ["admin", "token"]) => {
+            ("/admin/token", async { admin::token(&state, form(&state, req).await?).await.map(ok_json) }.await)
+        }
+        (Listener::Admin, &Method::GET, ["admin", "info"]) => ("/admin/info", admin::info(&state).await.map(ok_json)),
         (Listener::Admin, &Method::POST, ["admin", "drain"]) => {
             state.lifecycle.drain();
             ("/admin/drain", Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "phase": "draining" }))))
@@ -89,7 +102,7 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
         (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message" | "users"])
         | (Listener::Public, _, ["users", _] | ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
-        | (Listener::Admin, _, ["admin", "drain"])
+        | (Listener::Admin, _, ["admin", "drain" | "publish" | "token" | "info"])
         | (_, _, ["healthz" | "readyz" | "metrics"]) => (
             "method_not_allowed",
             Err(ApiError::new(
@@ -120,6 +133,18 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
 pub fn bearer_token<B>(req: &Request<B>) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+/// A request's token: its `token` field (body or query string), else its bearer token.
+pub fn request_token(fields: &Fields, bearer: Option<String>) -> Result<Option<String>, ApiError> {
+    Ok(fields.text("token")?.or(bearer))
+}
+
+/// The query string of a GET and who it comes from (401 in token mode without a valid token).
+fn query_caller<B>(state: &AppState, req: &Request<B>) -> Result<(Fields, Caller), ApiError> {
+    let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes())?;
+    let caller = auth::caller(state, request_token(&query, bearer_token(req))?.as_deref())?;
+    Ok((query, caller))
 }
 
 async fn form(state: &AppState, req: Request<Incoming>) -> Result<Fields, ApiError> {

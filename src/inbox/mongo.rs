@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::{Inbox, InboxError, Position};
 use crate::metrics::Metrics;
 use crate::model::{GroupId, Seq, UserId};
+use crate::tls::Trust;
 
 const COLLECTION: &str = "positions";
 /// Upserts per `update` command.
@@ -31,14 +32,16 @@ pub struct MongoInbox {
 
 impl MongoInbox {
     /// Connects and ensures the index. The database is the URL's, else `switchboard`.
-    pub async fn connect(url: &str, metrics: Arc<Metrics>) -> Result<Self, InboxError> {
+    pub async fn connect(url: &str, trust: &Trust, metrics: Arc<Metrics>) -> Result<Self, InboxError> {
         let mut options = ClientOptions::parse(url).await?;
+        let ca_bundle = trust.mongo(&mut options).map_err(mongodb::error::Error::from)?;
         // Fail fast while MongoDB is away, so a connecting client hears 1011 and retries
         // instead of hanging.
         options.server_selection_timeout = Some(Duration::from_secs(2));
         options.connect_timeout = Some(Duration::from_secs(2));
         options.app_name = Some("switchboard".into());
         let client = mongodb::Client::with_options(options)?;
+        drop(ca_bundle);
         let db = client.default_database().unwrap_or_else(|| client.database("switchboard"));
         let coll = db.collection::<Document>(COLLECTION);
         coll.create_index(IndexModel::builder().keys(doc! { "user_id": 1 }).build()).await?;

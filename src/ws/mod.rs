@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use crate::app::AppState;
-use crate::http::{ApiError, Body, Fields, authorize, bearer_token, parse_id};
+use crate::http::{ApiError, Body, Fields, bearer_token, parse_id, request_token};
 
 pub async fn upgrade(
     state: &Arc<AppState>,
@@ -46,9 +46,10 @@ pub async fn upgrade(
             return Err(reject("origin", e));
         }
     }
-    let query = Fields::from_query(req.uri().query().unwrap_or(""));
-    let token = query.text("token").ok().flatten().or_else(|| bearer_token(&req));
-    authorize(state, user_id, token.as_deref()).map_err(|e| reject("unauthorized", e))?;
+    let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes()).map_err(|e| reject("bad_request", e))?;
+    let token = request_token(&query, bearer_token(&req)).map_err(|e| reject("bad_request", e))?;
+    let caller = crate::auth::caller(state, token.as_deref()).map_err(|e| reject("unauthorized", e))?;
+    caller.require(user_id).map_err(|e| reject("forbidden", e))?;
     if state.metrics.ws_connections.get() >= config.max_connections as i64 {
         limited("connections");
         let e = ApiError::unavailable("over_capacity", "This node is at its connection limit; try another.");
