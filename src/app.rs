@@ -72,11 +72,13 @@ impl App {
         metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
         let trust = Trust::load(config.tls_ca_file.as_deref()).map_err(StartError::Tls)?;
         let db = Database::connect(&trust.mysql_url(&config.database_url)).await?;
-        // SQLite has one writer, so one shard; MySQL commits shards in parallel, each on its
-        // own connection, a few per core.
+        // SQLite has one writer, so one shard. MySQL commits shards in parallel, one per two
+        // cores: each commit costs the database about the same whatever its size, so fewer,
+        // fuller batches are cheaper per message, while enough shards keep every core busy
+        // (docs/benchmarks.md measures both).
         let shards = match db.dialect {
             Dialect::Sqlite => 1,
-            Dialect::MySql => std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4)),
+            Dialect::MySql => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         };
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
         let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
@@ -95,7 +97,7 @@ impl App {
         tokio::spawn(hub.clone().run(events_rx));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
-        let commits = Commits::spawn(store.clone(), backplane, shards);
+        let commits = Commits::spawn(store.clone(), backplane, shards, metrics.clone());
         let tokens = config
             .token_secret
             .as_deref()

@@ -8,11 +8,13 @@
 //! its publish, the retry is what brings it to connected recipients.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::backplane::{Backplane, Channel, Envelope};
 use crate::batch::Batcher;
+use crate::metrics::Metrics;
 use crate::model::{Message, now_us};
 use crate::store::{NewMessage, Store, StoreError};
 
@@ -22,22 +24,35 @@ const BATCH: usize = 256;
 pub type Committed = Result<(Message, bool), StoreError>;
 
 pub struct Commits {
-    batcher: Batcher<NewMessage, Committed>,
+    /// Each send with the moment it was queued.
+    batcher: Batcher<(Instant, NewMessage), Committed>,
 }
 
 impl Commits {
     /// `shards` batches commit in parallel; a group always lands on the same one.
-    pub fn spawn(store: Arc<dyn Store>, backplane: Arc<dyn Backplane>, shards: usize) -> Self {
-        let batcher = Batcher::spawn(BATCH, shards, move |batch| {
-            let (store, backplane) = (store.clone(), backplane.clone());
-            async move { commit(&*store, &*backplane, batch).await }
+    pub fn spawn(store: Arc<dyn Store>, backplane: Arc<dyn Backplane>, shards: usize, metrics: Arc<Metrics>) -> Self {
+        let batcher = Batcher::spawn(BATCH, shards, move |batch: Vec<(Instant, NewMessage)>| {
+            let (store, backplane, metrics) = (store.clone(), backplane.clone(), metrics.clone());
+            async move {
+                let started = Instant::now();
+                metrics.commit_batch_messages.observe(batch.len() as f64);
+                let batch = batch
+                    .into_iter()
+                    .map(|(queued, m)| {
+                        metrics.commit_wait.observe(started.duration_since(queued).as_secs_f64());
+                        m
+                    })
+                    .collect();
+                commit(&*store, &*backplane, batch).await
+            }
         });
         Self { batcher }
     }
 
     /// Stores and publishes one message; `false` when it is a retry of a stored one.
     pub async fn send(&self, message: NewMessage) -> Committed {
-        self.batcher.submit(message.group_id as u64, message).await.unwrap_or(Err(StoreError::Closed))
+        let key = message.group_id as u64;
+        self.batcher.submit(key, (Instant::now(), message)).await.unwrap_or(Err(StoreError::Closed))
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub positions_unflushed: IntGauge,
     pub positions_written: IntCounter,
     pub gap_fetches: IntCounter,
+    pub commit_batch_messages: Histogram,
+    pub commit_wait: Histogram,
     pub slow_consumer_disconnects: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -95,6 +97,15 @@ impl Metrics {
             positions_written: reg!(IntCounter::with_opts(opts(
                 "positions_written_total",
                 "Delivery positions written to the inbox backend (one row or document each)."
+            ))),
+            commit_batch_messages: reg!(Histogram::with_opts(
+                HistogramOpts::new("commit_batch_messages", "Messages written by one group-commit transaction.")
+                    .namespace("switchboard")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+            )),
+            commit_wait: reg!(Histogram::with_opts(hopts(
+                "commit_wait_seconds",
+                "How long a send waited for its group-commit batch to start (the queue before the serial store write)."
             ))),
             gap_fetches: reg!(IntCounter::with_opts(opts(
                 "gap_fetches_total",
@@ -262,6 +273,8 @@ mod tests {
             "switchboard_positions_unflushed",
             "switchboard_positions_written_total",
             "switchboard_gap_fetches_total",
+            "switchboard_commit_batch_messages_bucket",
+            "switchboard_commit_wait_seconds_bucket",
             "switchboard_slow_consumer_disconnects_total",
             "switchboard_http_requests_total",
             "switchboard_http_request_duration_seconds_bucket",

@@ -52,9 +52,14 @@ async fn the_recorder_coalesces_and_writes_on_its_tick(inbox: Arc<dyn Inbox>) {
         recorder.record(20, 4, seq);
     }
     recorder.record(20, 5, 2);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(inbox.positions(20).await.expect("p"), HashMap::from([(4, 50), (5, 2)]));
-    assert_eq!(metrics.positions_written.get(), 2, "50 deliveries in one group cost one row");
+    let want = HashMap::from([(4, 50), (5, 2)]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while inbox.positions(20).await.expect("p") != want {
+        assert!(tokio::time::Instant::now() < deadline, "positions not written within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A tick may fall between the records, so two or three writes, never one per delivery.
+    assert!(metrics.positions_written.get() <= 3, "50 deliveries cost {} rows", metrics.positions_written.get());
     // What is still recorded at shutdown is written by the final flush.
     recorder.record(20, 4, 60);
     recorder.flush().await;

@@ -9,10 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Inbox, InboxError, Position};
 use crate::metrics::Metrics;
 use crate::model::{GroupId, Seq, UserId};
-use crate::store::{Database, Dialect, retrying};
-
-/// Rows per multi-row statement; keeps each statement well under placeholder limits.
-const CHUNK: usize = 500;
+use crate::store::{Database, Dialect, MAX_SHAPE, padded, retrying};
 
 pub struct SqlInbox {
     db: Database,
@@ -45,14 +42,15 @@ impl Inbox for SqlInbox {
             Dialect::MySql => "ON DUPLICATE KEY UPDATE seq = GREATEST(seq, VALUES(seq))",
             Dialect::Sqlite => "ON CONFLICT (user_id, group_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
         };
-        for chunk in rows.chunks(CHUNK) {
+        for chunk in rows.chunks(MAX_SHAPE) {
+            let chunk: Vec<&Position> = padded(chunk).collect();
             let sql = format!(
                 "INSERT INTO positions (user_id, group_id, seq) VALUES {} {upsert}",
                 vec!["(?, ?, ?)"; chunk.len()].join(", ")
             );
             retrying(|| {
                 let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
-                for p in chunk {
+                for p in &chunk {
                     q = q.bind(p.user_id).bind(p.group_id).bind(p.seq);
                 }
                 q.execute(&self.db.pool)

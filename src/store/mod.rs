@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use crate::model::{Group, GroupId, Message, MessageId, Seq, User, UserId};
 
-pub(crate) use sql::retrying;
 pub use sql::{Database, Dialect, SqlStore};
+pub(crate) use sql::{MAX_SHAPE, padded, retrying};
 
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -87,7 +87,8 @@ impl SqlStore {
         keys: &[(UserId, &str)],
     ) -> Result<HashMap<(UserId, String), Message>, sqlx::Error> {
         let mut found = HashMap::new();
-        for chunk in keys.chunks(200) {
+        for chunk in keys.chunks(MAX_SHAPE) {
+            let chunk: Vec<_> = padded(chunk).collect();
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS}, client_msg_id FROM messages WHERE {}",
                 vec!["(sender_id = ? AND client_msg_id = ?)"; chunk.len()].join(" OR ")
@@ -167,23 +168,25 @@ impl SqlStore {
         for i in items {
             *counts.entry(batch[*i].group_id).or_default() += 1;
         }
+        let groups: Vec<(GroupId, i64)> = counts.iter().map(|(g, n)| (*g, *n)).collect();
+        let shaped: Vec<&(GroupId, i64)> = padded(&groups).collect();
         let mut tx = self.pool().begin().await?;
         let sql = format!(
             "UPDATE `groups` SET last_seq = last_seq + CASE id {} END WHERE id IN ({})",
-            "WHEN ? THEN ? ".repeat(counts.len()),
-            placeholders(counts.len())
+            "WHEN ? THEN ? ".repeat(shaped.len()),
+            placeholders(shaped.len())
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (g, n) in &counts {
+        for (g, n) in &shaped {
             q = q.bind(*g).bind(*n);
         }
-        for g in counts.keys() {
+        for (g, _) in &shaped {
             q = q.bind(*g);
         }
         q.execute(&mut *tx).await?;
-        let sql = format!("SELECT id, last_seq FROM `groups` WHERE id IN ({})", placeholders(counts.len()));
+        let sql = format!("SELECT id, last_seq FROM `groups` WHERE id IN ({})", placeholders(shaped.len()));
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for g in counts.keys() {
+        for (g, _) in &shaped {
             q = q.bind(*g);
         }
         // The next free sequence number of each group, handed out in batch order.
@@ -206,13 +209,17 @@ impl SqlStore {
             });
             *seq += 1;
         }
+        // Padding rows repeat the last message and come last, so the real rows get the first
+        // (consecutive) ids and the repeats are skipped by the unique (group, seq) key.
+        let rows: Vec<(usize, &Message)> = items.iter().copied().zip(&messages).collect();
+        let rows: Vec<&(usize, &Message)> = padded(&rows).collect();
         let sql = format!(
             "{} INTO messages (group_id, seq, sender_id, content, sent_at_ms, client_msg_id) VALUES {}",
             self.db.dialect.insert_ignore(),
-            vec!["(?, ?, ?, ?, ?, ?)"; items.len()].join(", ")
+            vec!["(?, ?, ?, ?, ?, ?)"; rows.len()].join(", ")
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (i, m) in items.iter().zip(&messages) {
+        for (i, m) in rows {
             q = q
                 .bind(m.group_id)
                 .bind(m.seq)
@@ -256,13 +263,15 @@ impl SqlStore {
             }
             return Ok(());
         }
+        let keys: Vec<(GroupId, Seq)> = messages.iter().map(|m| (m.group_id, m.seq)).collect();
+        let keys: Vec<&(GroupId, Seq)> = padded(&keys).collect();
         let sql = format!(
             "SELECT id, group_id, seq FROM messages WHERE {}",
-            vec!["(group_id = ? AND seq = ?)"; messages.len()].join(" OR ")
+            vec!["(group_id = ? AND seq = ?)"; keys.len()].join(" OR ")
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for m in messages.iter() {
-            q = q.bind(m.group_id).bind(m.seq);
+        for (g, seq) in keys {
+            q = q.bind(*g).bind(*seq);
         }
         let mut ids: HashMap<(GroupId, Seq), MessageId> = HashMap::new();
         for row in q.fetch_all(&mut *tx).await? {
@@ -275,12 +284,16 @@ impl SqlStore {
     }
 
     async fn missing_users(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
-        let sql = format!("SELECT id FROM users WHERE id IN ({})", placeholders(ids.len()));
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in ids {
-            q = q.bind(*id);
+        let mut found: Vec<i64> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_SHAPE) {
+            let chunk: Vec<&UserId> = padded(chunk).collect();
+            let sql = format!("SELECT id FROM users WHERE id IN ({})", placeholders(chunk.len()));
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            found.extend(q.fetch_all(self.pool()).await?.iter().map(|r| r.get::<i64, _>(0)));
         }
-        let found: Vec<i64> = q.fetch_all(self.pool()).await?.iter().map(|r| r.get::<i64, _>(0)).collect();
         Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
     }
 
@@ -305,6 +318,24 @@ fn same(found: &Message, m: &NewMessage) -> Result<(Message, bool), StoreError> 
     } else {
         Err(StoreError::ClientMsgIdReused)
     }
+}
+
+/// The lengths a variable-length statement (IN list, OR terms, multi-row VALUES) is rounded
+/// up to. Every distinct statement text is a separate prepared statement on every pooled
+/// connection; without this ladder a batch of each size prepared its own, and the
+/// connection's statement cache evicted and re-prepared them all the time (more than one
+/// prepare per commit, measured). The extra slots repeat the last item, which changes
+/// nothing: an IN list or CASE takes the first match, INSERT IGNORE skips the identical
+/// row, and the position upsert applies the same maximum twice.
+const SHAPES: [usize; 16] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
+
+/// Most items in one padded statement; callers chunk by it.
+pub(crate) const MAX_SHAPE: usize = 256;
+
+/// `items` padded to the next length of [`SHAPES`] by repeating the last one.
+pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let n = SHAPES.iter().copied().find(|s| *s >= items.len()).unwrap_or(items.len());
+    (0..n).map(move |i| &items[i.min(items.len().saturating_sub(1))])
 }
 
 /// `?, ?, ?` for an IN list of `n` values (n >= 1).
@@ -570,7 +601,8 @@ impl Store for SqlStore {
     ) -> Result<Vec<Message>, StoreError> {
         let _t = self.metrics.time_query("messages_after");
         let mut out = Vec::new();
-        for chunk in after.chunks(200) {
+        for chunk in after.chunks(MAX_SHAPE) {
+            let chunk: Vec<&(GroupId, Seq)> = padded(chunk).collect();
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE ({}) AND sent_at_ms > ? ORDER BY id LIMIT ?",
                 vec!["(group_id = ? AND seq > ?)"; chunk.len()].join(" OR ")
@@ -625,7 +657,8 @@ impl Store for SqlStore {
         missing.dedup();
         if !missing.is_empty() {
             let _t = self.metrics.time_query("get_users");
-            for chunk in missing.chunks(500) {
+            for chunk in missing.chunks(MAX_SHAPE) {
+                let chunk: Vec<&UserId> = padded(chunk).collect();
                 let sql = format!("SELECT id, username FROM users WHERE id IN ({})", placeholders(chunk.len()));
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 for id in chunk {
@@ -641,5 +674,23 @@ impl Store for SqlStore {
         found.sort_unstable_by_key(|u| u.user_id);
         found.dedup_by_key(|u| u.user_id);
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_come_in_few_lengths_padded_with_the_last_item() {
+        let lens: std::collections::BTreeSet<usize> = (1..=MAX_SHAPE).map(|n| padded(&vec![0; n]).count()).collect();
+        assert_eq!(lens.len(), SHAPES.len());
+        for n in 1..=MAX_SHAPE {
+            let items: Vec<usize> = (0..n).collect();
+            let p: Vec<usize> = padded(&items).copied().collect();
+            assert!(p.len() >= n && p.len() < n * 3 / 2 + 2, "{n} -> {}", p.len());
+            assert_eq!(&p[..n], &items[..]);
+            assert!(p[n..].iter().all(|x| *x == n - 1));
+        }
     }
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The delivery-cost benchmark: one release node on MariaDB + a private Redis (and, with
+# INBOX=mongo, a private MongoDB stand-in for positions), driven by `loadgen chat`, which
+# prints throughput, latency, the checker and the CPU of the node, MariaDB, Redis and the
+# stand-in per accepted message (us_per_msg_*), read from /proc in the same run.
+#
+#   loadtest/delivery.sh [loadgen chat args...]
+#
+# e.g. loadtest/delivery.sh --pairs 100 --rate 2000 --duration 10
+#      INBOX=mongo loadtest/delivery.sh --pairs 20 --group-size 100 --rate 2000 --duration 10
+#
+# Environment: INBOX [sql | mongo], TASKSET [a CPU list to pin the node to, e.g. 0 or 0,1],
+# NODE_ARGS [extra node flags], PORT [18801] (admin PORT+1000), REDIS_PORT [6390],
+# MONGO_PORT [27018], RUST_LOG [warn]. Every run uses a fresh MariaDB database and is cleaned
+# up on exit; the binaries are target/release/{switchboard,loadgen} (`cargo build --release`).
+
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+INBOX="${INBOX:-sql}"
+PORT="${PORT:-18801}"
+ADMIN=$((PORT + 1000))
+REDIS_PORT="${REDIS_PORT:-6390}"
+MONGO_PORT="${MONGO_PORT:-27018}"
+DB="bench_$$_$RANDOM"
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    mariadb -uroot -e "DROP DATABASE IF EXISTS $DB" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+PIDS+=($!)
+REDIS_PID=$!
+WATCH="$(pgrep -xo mariadbd),$REDIS_PID"
+ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="mysql://root@127.0.0.1:3306/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+if [[ "$INBOX" == mongo ]]; then
+    secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --standalone >/dev/null 2>&1 &
+    PIDS+=($!)
+    # The stand-in runs as a Python child of its launcher script; watch the process that works.
+    sleep 2
+    MONGO_PID="$(pgrep -f "secantusd.*--port $MONGO_PORT" | tail -1)"
+    WATCH="$WATCH,$MONGO_PID"
+    ENV+=(MONGODB_URL="mongodb://127.0.0.1:$MONGO_PORT/$DB")
+fi
+sleep 0.5
+
+PIN=()
+[[ -n "${TASKSET:-}" ]] && PIN=(taskset -c "$TASKSET")
+# shellcheck disable=SC2086
+env "${ENV[@]}" "${PIN[@]}" target/release/switchboard --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
+    --node-id bench --send-rate 1000000 --send-burst 1000000 ${NODE_ARGS:-} &
+NODE=$!
+PIDS+=("$NODE")
+for _ in $(seq 100); do
+    curl -sf "127.0.0.1:$ADMIN/readyz" >/dev/null && break
+    sleep 0.1
+done
+
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  inbox: $INBOX  pin: ${TASKSET:-none}  commit: $(git rev-parse --short HEAD)"
+target/release/loadgen chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --node-pid "$NODE" --watch "$WATCH" "$@"
