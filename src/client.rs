@@ -2,7 +2,7 @@
 //! over pooled HTTP/1.1 connections, and WebSocket connections whose frames arrive on a
 //! channel (so a caller can wait with a timeout without cancelling a frame read).
 //!
-//! [`backoff`] is the reconnect delay of DESIGN §5: `min(cap, base * 2^attempt) + random(0,
+//! [`backoff`] is the reconnect delay of docs/protocol.md: `min(cap, base * 2^attempt) + random(0,
 //! 1000 ms)`. [`reconnects`] tells which close codes mean "come back".
 
 use std::net::SocketAddr;

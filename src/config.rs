@@ -46,7 +46,7 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis channel name, so deployments sharing one Redis stay apart
-    /// (empty: the seed's `group:{id}` and `user:{id}`).
+    /// (empty: the original `group:{id}` and `user:{id}`).
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
     pub channel_prefix: String,
 

@@ -1,4 +1,4 @@
-//! REST API tests (DESIGN §2): every route with good and bad input, on the embedded node and
+//! REST API tests (docs/api.md): every route with good and bad input, on the embedded node and
 //! on MySQL + Redis.
 
 mod common;

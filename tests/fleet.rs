@@ -1,4 +1,4 @@
-//! Draining and fleet operations (DESIGN §5): a rolling restart of three nodes behind the
+//! Draining and fleet operations (docs/lifecycle.md): a rolling restart of three nodes behind the
 //! real HAProxy under live traffic, the drain's refusals and probes, the enforced TTL, and
 //! "a second signal finishes now".
 

@@ -1,4 +1,4 @@
-//! The Grafana dashboard and the Prometheus rules against a live fleet (DESIGN §7): two node
+//! The Grafana dashboard and the Prometheus rules against a live fleet (docs/operations.md): two node
 //! processes on MariaDB and Redis, scraped every second by a real Prometheus that also loads
 //! `prometheus/rules/switchboard.yml`. After ~10 s of traffic (sessions on both nodes,
 //! cross-node messages, heartbeats, 4xx answers, refused upgrades and several kinds of

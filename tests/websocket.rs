@@ -1,4 +1,4 @@
-//! WebSocket protocol tests (DESIGN §3, §4) on an in-process embedded node.
+//! WebSocket protocol tests (docs/protocol.md, docs/delivery.md) on an in-process embedded node.
 
 mod common;
 

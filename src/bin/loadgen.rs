@@ -151,7 +151,7 @@ enum Cmd {
         ramp: usize,
         #[arg(long, default_value_t = 1)]
         procs: usize,
-        /// Reconnect delay: base + random(0, jitter), in ms (DESIGN §5 uses random(0, 1000)).
+        /// Reconnect delay: base + random(0, jitter), in ms (docs/protocol.md uses random(0, 1000)).
         #[arg(long, default_value_t = 0)]
         base_ms: u64,
         #[arg(long, default_value_t = 1000)]

@@ -1,4 +1,4 @@
-//! The WebSocket protocol of DESIGN §3: the frames the server writes, the frames a client
+//! The WebSocket protocol of docs/protocol.md: the frames the server writes, the frames a client
 //! may send, and the close codes.
 
 use bytes::Bytes;
@@ -61,7 +61,7 @@ struct Incoming {
     message_ids: Vec<i64>,
 }
 
-/// Parses a client text frame: the seed's plain `heartbeat`, or a JSON object.
+/// Parses a client text frame: the original prototype's plain `heartbeat`, or a JSON object.
 pub fn parse_client_text(text: &str) -> Result<ClientFrame, ProtocolError> {
     let text = text.trim();
     if text == "heartbeat" {

@@ -6,7 +6,7 @@
 //!
 //! storm: connect `--count` acking clients, drop every socket at once, send `--missed`
 //! messages to each group while they are away, then let every client reconnect at once
-//! (each after `--base-ms` + random(0, `--jitter-ms`), the reconnect delay of DESIGN §5) and
+//! (each after `--base-ms` + random(0, `--jitter-ms`), the reconnect delay of docs/protocol.md) and
 //! measure the time until all are back and the checker finds nothing lost.
 
 use std::net::SocketAddr;
