@@ -72,13 +72,15 @@ impl App {
         metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
         let trust = Trust::load(config.tls_ca_file.as_deref()).map_err(StartError::Tls)?;
         let db = Database::connect(&trust.mysql_url(&config.database_url)).await?;
-        // SQLite has one writer, so one shard. MySQL commits shards in parallel, one per two
-        // cores: each commit costs the database about the same whatever its size, so fewer,
-        // fuller batches are cheaper per message, while enough shards keep every core busy
-        // (docs/benchmarks.md measures both).
+        // Work that spreads over cores (commit shards, fan-out lanes) gets one lane per two
+        // cores: on a small machine the hand-over to another task costs more than it saves.
+        let lanes = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        // SQLite has one writer, so one commit shard. MySQL commits shards in parallel: each
+        // commit costs the database about the same whatever its size, so fewer, fuller
+        // batches are cheaper per message (docs/benchmarks.md measures both).
         let shards = match db.dialect {
             Dialect::Sqlite => 1,
-            Dialect::MySql => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            Dialect::MySql => lanes,
         };
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db.clone(), metrics.clone()));
         let inbox: Arc<dyn Inbox> = match &config.mongodb_url {
@@ -94,7 +96,7 @@ impl App {
             None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events_tx)),
         };
         let hub = Hub::new(backplane.clone(), metrics.clone());
-        tokio::spawn(hub.clone().run(events_rx));
+        tokio::spawn(hub.clone().run(events_rx, lanes));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
         let commits = Commits::spawn(store.clone(), backplane, shards, metrics.clone());

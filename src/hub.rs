@@ -202,10 +202,35 @@ impl Hub {
     }
 
     /// Routes backplane events to local sessions until the backplane's sender is dropped.
-    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<Event>) {
+    ///
+    /// Fan-out wakes one session task per recipient, which is most of a node's work for
+    /// large groups. With `shards` > 1 it is spread over that many tasks (so over the
+    /// runtime's worker threads), each owning the groups that hash to it, which keeps every
+    /// group's messages in order. With 1 it runs inline, saving a hand-over per message on a
+    /// small machine.
+    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<Event>, shards: usize) {
+        let lanes: Vec<mpsc::Sender<(GroupId, Bytes)>> = (0..shards)
+            .filter(|_| shards > 1)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<(GroupId, Bytes)>(1024);
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    while let Some((group, payload)) = rx.recv().await {
+                        hub.fan_out(group, payload);
+                    }
+                });
+                tx
+            })
+            .collect();
         while let Some(event) = events.recv().await {
             match event {
-                Event::Payload { channel: Channel::Group(g), payload } => self.fan_out(g, payload),
+                Event::Payload { channel: Channel::Group(g), payload } if lanes.is_empty() => self.fan_out(g, payload),
+                Event::Payload { channel: Channel::Group(g), payload } => {
+                    let lane = &lanes[(g as u64 % lanes.len() as u64) as usize];
+                    if lane.send((g, payload)).await.is_err() {
+                        return;
+                    }
+                }
                 Event::Payload { channel: Channel::User(u), payload } => self.joined(u, payload),
                 Event::Resynced => {
                     for s in self.sessions() {
@@ -264,11 +289,57 @@ mod tests {
     use crate::backplane::{MemoryBackplane, MemoryBus};
 
     fn hub() -> (Arc<Hub>, MemoryBus) {
+        let (hub, bus, _) = hub_with_lanes(1);
+        (hub, bus)
+    }
+
+    fn hub_with_lanes(lanes: usize) -> (Arc<Hub>, MemoryBus, Arc<dyn Backplane>) {
         let bus = MemoryBus::new();
         let (tx, rx) = mpsc::channel(16);
-        let hub = Hub::new(Arc::new(MemoryBackplane::new(bus.clone(), tx)), Arc::new(Metrics::new("t")));
-        tokio::spawn(hub.clone().run(rx));
-        (hub, bus)
+        let backplane: Arc<dyn Backplane> = Arc::new(MemoryBackplane::new(bus.clone(), tx));
+        let hub = Hub::new(backplane.clone(), Arc::new(Metrics::new("t")));
+        tokio::spawn(hub.clone().run(rx, lanes));
+        (hub, bus, backplane)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fan_out_lanes_keep_each_groups_order() {
+        let (hub, _bus, publisher) = hub_with_lanes(4);
+        let mut queues = Vec::new();
+        for (id, group) in [(1, 10), (2, 11), (3, 12), (4, 10)] {
+            let (s, rx) = SessionHandle::new(id, 100 + id as i64, 1024);
+            hub.join(&s, &[group]).await;
+            queues.push((s, rx, group));
+        }
+        for seq in 1..=200 {
+            let batch: Vec<(Channel, Bytes)> = [10, 11, 12]
+                .iter()
+                .map(|g| {
+                    let m = Envelope::Message {
+                        message_id: g * 1000 + seq,
+                        seq,
+                        sender_id: 1,
+                        accepted_us: 0,
+                        frame: Bytes::new(),
+                    };
+                    (Channel::Group(*g), m.encode())
+                })
+                .collect();
+            publisher.publish(&batch).await.expect("publish");
+        }
+        for (_s, rx, group) in &mut queues {
+            let mut seqs = Vec::new();
+            while seqs.len() < 200 {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+                    Ok(Some(Outbound::Message(d))) => {
+                        assert_eq!(d.group_id, *group);
+                        seqs.push(d.seq);
+                    }
+                    other => panic!("expected a message of group {group}, got {other:?}"),
+                }
+            }
+            assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "group {group}");
+        }
     }
 
     #[tokio::test]
