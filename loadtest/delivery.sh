@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The delivery-cost benchmark: one release node on MariaDB + a private Redis (and, with
-# INBOX=mongo, a private MongoDB stand-in for positions), driven by `loadgen chat`, which
+# INBOX=mongo, a private MongoDB stand-in for positions), or with BACKEND=embedded on a
+# fresh SQLite file and the in-process backplane, driven by `loadgen chat`, which
 # prints throughput, latency, the checker and the CPU of the node, MariaDB, Redis and the
 # stand-in per accepted message (us_per_msg_*), read from /proc in the same run.
 #
@@ -9,8 +10,8 @@
 # e.g. loadtest/delivery.sh --pairs 100 --rate 2000 --duration 10
 #      INBOX=mongo loadtest/delivery.sh --pairs 20 --group-size 100 --rate 2000 --duration 10
 #
-# Environment: INBOX [sql | mongo], TASKSET [a CPU list to pin the node to, e.g. 0 or 0,1],
-# NODE_ARGS [extra node flags], PORT [18801] (admin PORT+1000), REDIS_PORT [6390],
+# Environment: BACKEND [mysql | embedded], INBOX [sql | mongo], TASKSET [a CPU list to pin the node to, e.g. 0 or 0,1],
+# NODE_ARGS [extra node flags], NODE_BIN [target/release/switchboard; another build to compare], PORT [18801] (admin PORT+1000), REDIS_PORT [6390],
 # MONGO_PORT [27018], RUST_LOG [warn]. Every run uses a fresh MariaDB database and is cleaned
 # up on exit; the binaries are target/release/{switchboard,loadgen} (`cargo build --release`).
 
@@ -29,14 +30,19 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     mariadb -uroot -e "DROP DATABASE IF EXISTS $DB" 2>/dev/null || true
+    rm -f "/tmp/$DB.db" "/tmp/$DB.db-wal" "/tmp/$DB.db-shm"
 }
 trap cleanup EXIT
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
-PIDS+=($!)
-REDIS_PID=$!
-WATCH="$(pgrep -xo mariadbd),$REDIS_PID"
-ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="mysql://root@127.0.0.1:3306/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+if [[ "${BACKEND:-mysql}" == embedded ]]; then
+    WATCH=""
+    ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="sqlite:///tmp/$DB.db")
+else
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+    PIDS+=($!)
+    WATCH="$(pgrep -xo mariadbd),$!"
+    ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="mysql://root@127.0.0.1:3306/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+fi
 if [[ "$INBOX" == mongo ]]; then
     secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --standalone >/dev/null 2>&1 &
     PIDS+=($!)
@@ -51,7 +57,7 @@ sleep 0.5
 PIN=()
 [[ -n "${TASKSET:-}" ]] && PIN=(taskset -c "$TASKSET")
 # shellcheck disable=SC2086
-env "${ENV[@]}" "${PIN[@]}" target/release/switchboard --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
+env "${ENV[@]}" "${PIN[@]}" "${NODE_BIN:-target/release/switchboard}" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
     --node-id bench --send-rate 1000000 --send-burst 1000000 ${NODE_ARGS:-} &
 NODE=$!
 PIDS+=("$NODE")
@@ -60,5 +66,5 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  inbox: $INBOX  pin: ${TASKSET:-none}  commit: $(git rev-parse --short HEAD)"
-target/release/loadgen chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --node-pid "$NODE" --watch "$WATCH" "$@"
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  backend: ${BACKEND:-mysql}  inbox: $INBOX  pin: ${TASKSET:-none}  commit: $(git rev-parse --short HEAD)"
+target/release/loadgen chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --node-pid "$NODE" ${WATCH:+--watch "$WATCH"} "$@"

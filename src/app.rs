@@ -99,7 +99,8 @@ impl App {
         tokio::spawn(hub.clone().run(events_rx, lanes));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
-        let commits = Commits::spawn(store.clone(), backplane, shards, metrics.clone());
+        let commit_interval = Duration::from_micros(config.commit_interval_us);
+        let commits = Commits::spawn(store.clone(), backplane, shards, commit_interval, metrics.clone());
         let tokens = config
             .token_secret
             .as_deref()

@@ -4,6 +4,11 @@
 //! back. Batches form by themselves under load: while a shard writes a batch, the next one
 //! gathers. A lone request waits for nothing.
 //!
+//! A shard may also be paced: it starts a batch at most once per `interval`. Under load
+//! that makes batches fuller, and a store commit costs the database about the same whatever
+//! its size, so the cost per item falls; when the last batch started longer ago than that,
+//! the next item waits for nothing.
+//!
 //! Items with the same key always go to the same shard, and a shard handles one batch at a
 //! time, so items of one key are handled in submission order (the send path keys by group:
 //! per-group order holds on a node while the shards write in parallel, with no shared queue
@@ -11,8 +16,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 type Job<T, R> = (T, oneshot::Sender<R>);
 
@@ -21,9 +28,9 @@ pub struct Batcher<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Starts `shards` workers running `run` on batches of at most `max` items. `run` returns
-    /// one result per item, in order.
-    pub fn spawn<F, Fut>(max: usize, shards: usize, run: F) -> Self
+    /// Starts `shards` workers running `run` on batches of at most `max` items, each starting
+    /// a batch at most once per `interval`. `run` returns one result per item, in order.
+    pub fn spawn<F, Fut>(max: usize, shards: usize, interval: Duration, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send,
@@ -35,7 +42,18 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 let run = run.clone();
                 tokio::spawn(async move {
                     let mut jobs = Vec::with_capacity(max);
+                    let mut next = Instant::now();
                     while rx.recv_many(&mut jobs, max).await > 0 {
+                        if Instant::now() < next {
+                            tokio::time::sleep_until(next).await;
+                            while jobs.len() < max {
+                                match rx.try_recv() {
+                                    Ok(job) => jobs.push(job),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        next = Instant::now() + interval;
                         let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = jobs.drain(..).unzip();
                         let results = run(items).await;
                         for (reply, result) in replies.into_iter().zip(results) {
@@ -68,7 +86,7 @@ mod tests {
     async fn concurrent_submissions_share_batches_and_keep_their_results() {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let b = Arc::new(Batcher::spawn(50, 2, move |items: Vec<u32>| {
+        let b = Arc::new(Batcher::spawn(50, 2, Duration::ZERO, move |items: Vec<u32>| {
             let seen = seen.clone();
             async move {
                 seen.lock().expect("lock").push(items.len());
@@ -96,7 +114,7 @@ mod tests {
     async fn one_key_keeps_its_order_across_batches() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
-        let b = Arc::new(Batcher::spawn(8, 4, move |items: Vec<(u64, u32)>| {
+        let b = Arc::new(Batcher::spawn(8, 4, Duration::ZERO, move |items: Vec<(u64, u32)>| {
             let log = log.clone();
             async move {
                 tokio::task::yield_now().await;
@@ -122,5 +140,36 @@ mod tests {
             let order: Vec<u32> = seen.iter().filter(|(k, _)| *k == key).map(|(_, i)| *i).collect();
             assert_eq!(order, (0..50).collect::<Vec<_>>(), "key {key}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_shard_starts_a_batch_at_most_once_per_interval() {
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = starts.clone();
+        let b = Arc::new(Batcher::spawn(100, 1, Duration::from_millis(10), move |items: Vec<u32>| {
+            let log = log.clone();
+            async move {
+                log.lock().expect("lock").push((Instant::now(), items.len()));
+                items.into_iter().map(|_| ()).collect::<Vec<_>>()
+            }
+        }));
+        let t0 = Instant::now();
+        // A lone item goes at once.
+        b.submit(0, 0).await;
+        // Items arriving every millisecond are gathered into batches 10 ms apart.
+        let mut pending = Vec::new();
+        for i in 1..=30u32 {
+            let b = b.clone();
+            pending.push(tokio::spawn(async move { b.submit(0, i).await }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for p in pending {
+            p.await.expect("join");
+        }
+        let starts = starts.lock().expect("lock");
+        assert_eq!(starts[0], (t0, 1));
+        assert!(starts.windows(2).all(|w| w[1].0 - w[0].0 >= Duration::from_millis(10)), "{starts:?}");
+        assert!(starts.len() <= 5, "30 items in {} batches", starts.len());
+        assert_eq!(starts.iter().map(|(_, n)| n).sum::<usize>(), 31);
     }
 }

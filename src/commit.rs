@@ -8,7 +8,7 @@
 //! its publish, the retry is what brings it to connected recipients.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -29,9 +29,16 @@ pub struct Commits {
 }
 
 impl Commits {
-    /// `shards` batches commit in parallel; a group always lands on the same one.
-    pub fn spawn(store: Arc<dyn Store>, backplane: Arc<dyn Backplane>, shards: usize, metrics: Arc<Metrics>) -> Self {
-        let batcher = Batcher::spawn(BATCH, shards, move |batch: Vec<(Instant, NewMessage)>| {
+    /// `shards` batches commit in parallel, each at most once per `interval`; a group always
+    /// lands on the same shard.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        backplane: Arc<dyn Backplane>,
+        shards: usize,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let batcher = Batcher::spawn(BATCH, shards, interval, move |batch: Vec<(Instant, NewMessage)>| {
             let (store, backplane, metrics) = (store.clone(), backplane.clone(), metrics.clone());
             async move {
                 let started = Instant::now();

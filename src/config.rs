@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1_000)]
     pub replay_limit: u32,
 
+    /// Least time between two group commits of one shard, in microseconds (0: none). Under
+    /// load it fills batches (a commit costs the database about the same whatever its size);
+    /// a send arriving after a quiet spell waits for nothing.
+    #[arg(long, env = "SWITCHBOARD_COMMIT_INTERVAL_US", default_value_t = 1_000)]
+    pub commit_interval_us: u64,
+
     /// How often delivery positions are written to the inbox backend, in milliseconds. A
     /// crash loses at most this much of them, which means re-delivery, never loss.
     #[arg(long, env = "SWITCHBOARD_POSITION_FLUSH_MS", default_value_t = 500)]
