@@ -28,6 +28,8 @@ PIDS=()
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    sleep 1
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     mariadb -uroot -e "DROP DATABASE IF EXISTS $DB" 2>/dev/null || true
     rm -f "/tmp/$DB.db" "/tmp/$DB.db-wal" "/tmp/$DB.db-shm"
@@ -46,8 +48,11 @@ fi
 if [[ "$INBOX" == mongo ]]; then
     secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --standalone >/dev/null 2>&1 &
     PIDS+=($!)
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$MONGO_PORT") 2>/dev/null && break
+        sleep 0.2
+    done
     # The stand-in runs as a Python child of its launcher script; watch the process that works.
-    sleep 2
     MONGO_PID="$(pgrep -f "secantusd.*--port $MONGO_PORT" | tail -1)"
     WATCH="$WATCH,$MONGO_PID"
     ENV+=(MONGODB_URL="mongodb://127.0.0.1:$MONGO_PORT/$DB")
