@@ -1,6 +1,7 @@
 //! People by id and by exact name: what lets a client show and find "ann" instead of
 //! "user 6". Group payloads name their members too (`member_users`, see `Group::to_json`).
 
+use hyper::StatusCode;
 use serde_json::json;
 
 use super::body::Fields;
@@ -25,4 +26,27 @@ pub async fn find_user(state: &AppState, query: &Fields) -> Reply {
         Some(user) => Ok(json!(user)),
         None => Err(ApiError::not_found("user_not_found", format!("No user is named {username:?}."))),
     }
+}
+
+/// `GET /users/{id}/presence`: whether the user has a session on a live node, and on how
+/// many. Only `--routing node` keeps a presence store; other modes answer 501.
+pub async fn presence(state: &AppState, id: UserId) -> Reply {
+    let Some(presence) = &state.presence else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "presence_unavailable",
+            "Presence is kept only by a fleet running with --routing node.",
+        ));
+    };
+    if state.store.user(id).await?.is_none() {
+        return Err(ApiError::not_found("user_not_found", format!("No user with id {id}.")));
+    }
+    let nodes = match presence.locate(&[id]).await {
+        Ok(found) => found.get(&id).map_or(0, Vec::len),
+        Err(e) => {
+            tracing::warn!(error = %e, user_id = id, "presence lookup failed");
+            return Err(ApiError::unavailable("presence_unavailable", "The presence store is unreachable; retry."));
+        }
+    };
+    Ok(json!({ "user_id": id, "online": nodes > 0, "nodes": nodes }))
 }
