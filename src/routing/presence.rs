@@ -104,17 +104,20 @@ impl Presence {
         let (ops, rx) = mpsc::unbounded_channel();
         let keys = Keys { prefix: prefix.into() };
         let stop = CancellationToken::new();
+        let liveness = Liveness { key: keys.alive(incarnation), node: node.to_owned(), ttl: config.ttl };
         let writer = Writer {
             conn: conn.clone(),
             keys: keys.clone(),
             incarnation,
+            liveness: liveness.clone(),
             catch_up_after: catch_up_delay(config.cache),
             events,
             wanted: HashSet::new(),
             unwritten_leaves: HashSet::new(),
+            dirty: false,
         };
         tokio::spawn(writer.run(rx, stop.clone()));
-        tokio::spawn(refresh(conn.clone(), keys.alive(incarnation), node.to_owned(), config.ttl, stop.clone()));
+        tokio::spawn(liveness.refresh(conn.clone(), stop.clone()));
         tracing::info!(incarnation, node, "presence incarnation");
         Ok(Arc::new(Self {
             conn,
@@ -264,21 +267,34 @@ fn catch_up_delay(cache: Duration) -> Option<Duration> {
     (!cache.is_zero()).then(|| cache + cache / 10 + Duration::from_millis(50))
 }
 
-/// Keeps `alive:{incarnation}` set, at a third of its TTL; deletes it on a clean stop.
-async fn refresh(mut conn: ConnectionManager, key: String, node: String, ttl: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(ttl / 3);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let set = redis::cmd("SET").arg(&key).arg(&node).arg("PX").arg(ttl.as_millis() as u64).to_owned();
-                if let Ok(Err(e)) = tokio::time::timeout(IO_TIMEOUT, set.query_async::<()>(&mut conn)).await {
-                    tracing::warn!(error = %e, "presence liveness refresh failed");
+/// The node's liveness key.
+#[derive(Clone)]
+struct Liveness {
+    key: String,
+    node: String,
+    ttl: Duration,
+}
+
+impl Liveness {
+    fn set(&self) -> redis::Cmd {
+        redis::cmd("SET").arg(&self.key).arg(&self.node).arg("PX").arg(self.ttl.as_millis() as u64).to_owned()
+    }
+
+    /// Keeps the key set, at a third of its TTL; deletes it on a clean stop.
+    async fn refresh(self, mut conn: ConnectionManager, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Ok(Err(e)) = tokio::time::timeout(IO_TIMEOUT, self.set().query_async::<()>(&mut conn)).await {
+                        tracing::warn!(error = %e, "presence liveness refresh failed");
+                    }
                 }
-            }
-            () = stop.cancelled() => {
-                let del = redis::cmd("DEL").arg(&key).to_owned();
-                let _ = tokio::time::timeout(IO_TIMEOUT, del.query_async::<()>(&mut conn)).await;
-                return;
+                () = stop.cancelled() => {
+                    let del = redis::cmd("DEL").arg(&self.key).to_owned();
+                    let _ = tokio::time::timeout(IO_TIMEOUT, del.query_async::<()>(&mut conn)).await;
+                    return;
+                }
             }
         }
     }
@@ -289,22 +305,37 @@ struct Writer {
     conn: ConnectionManager,
     keys: Keys,
     incarnation: u64,
+    liveness: Liveness,
     catch_up_after: Option<Duration>,
     events: mpsc::Sender<Event>,
     /// Users with a session here: what Redis should hold for this node.
     wanted: HashSet<UserId>,
     /// Deletions that failed: retried with the next full write.
     unwritten_leaves: HashSet<UserId>,
+    /// A write failed: Redis may lack some of this node's entries.
+    dirty: bool,
 }
 
 impl Writer {
     async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>, stop: CancellationToken) {
         loop {
+            // After a failed write, everything is written again a second later (Redis may be
+            // back without the subscriber having noticed it was gone).
+            let retry = self.dirty;
             let first = tokio::select! {
                 op = ops.recv() => match op {
                     Some(op) => op,
                     None => return,
                 },
+                () = tokio::time::sleep(Duration::from_secs(1)), if retry => {
+                    self.apply(vec![Op::Again(oneshot::channel().0)]).await;
+                    if !self.dirty {
+                        // Publishes routed past this node meanwhile are in the store.
+                        let users = self.wanted.iter().copied().collect();
+                        let _ = self.events.send(Event::CatchUp(users)).await;
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => return,
             };
             let mut batch = vec![first];
@@ -343,14 +374,16 @@ impl Writer {
         let written = pipe.is_empty() || self.run_pipe(&pipe).await;
         if !written {
             self.unwritten_leaves.extend(left);
+            self.dirty = true;
         }
         if again {
             arrived = self.write_all().await;
+            self.dirty = arrived.is_empty() && !self.wanted.is_empty();
         }
         for done in waiting {
             let _ = done.send(());
         }
-        if written
+        if (written || again)
             && !arrived.is_empty()
             && let Some(delay) = self.catch_up_after
         {
@@ -362,10 +395,27 @@ impl Writer {
         }
     }
 
-    /// Writes every wanted field and the deletions that failed; returns the users written.
+    /// Writes the liveness key, every wanted field and the deletions that failed; returns
+    /// the users written. A connection that broke with the restart may fail the first try.
     async fn write_all(&mut self) -> Vec<UserId> {
+        for attempt in 1..=5u32 {
+            if self.try_write_all().await {
+                tracing::info!(users = self.wanted.len(), "presence written again");
+                return self.wanted.iter().copied().collect();
+            }
+            tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+        }
+        // Redis went away again; the next reconnect writes everything once more.
+        Vec::new()
+    }
+
+    async fn try_write_all(&mut self) -> bool {
         let field = self.incarnation;
-        let users: Vec<UserId> = self.wanted.iter().copied().collect();
+        let mut alive = redis::pipe();
+        alive.add_command(self.liveness.set()).ignore();
+        if !self.run_pipe(&alive).await {
+            return false;
+        }
         let leaves: Vec<UserId> = self.unwritten_leaves.drain().filter(|u| !self.wanted.contains(u)).collect();
         for chunk in leaves.chunks(CHUNK) {
             let mut pipe = redis::pipe();
@@ -376,18 +426,17 @@ impl Writer {
                 self.unwritten_leaves.extend(chunk);
             }
         }
+        let users: Vec<UserId> = self.wanted.iter().copied().collect();
         for chunk in users.chunks(CHUNK) {
             let mut pipe = redis::pipe();
             for &u in chunk {
                 pipe.cmd("HSET").arg(self.keys.user(u)).arg(field).arg(1).ignore();
             }
             if !self.run_pipe(&pipe).await {
-                // Redis went away again; the next reconnect writes everything once more.
-                return Vec::new();
+                return false;
             }
         }
-        tracing::info!(users = users.len(), "presence written again");
-        users
+        true
     }
 
     async fn run_pipe(&self, pipe: &redis::Pipeline) -> bool {
