@@ -25,7 +25,7 @@ use crate::inbox::{self, Inbox, InboxError, Recorder, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
-use crate::routing::{self, BroadcastBackplane, NodeBackplane, Presence, Routing, StoreDirectory};
+use crate::routing::{self, Presence, StoreDirectory};
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
 use crate::ws::protocol::close;
@@ -111,22 +111,15 @@ impl App {
                 None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events)),
             })
         };
-        let mut presence = None;
-        let backplane: Arc<dyn Backplane> = match (config.routing, &redis) {
-            (Routing::Group, _) => transport(events_tx)?,
-            (Routing::Broadcast, _) => {
-                let (tx, rx) = mpsc::channel(4096);
-                Arc::new(BroadcastBackplane::new(transport(tx)?, rx, events_tx))
-            }
-            (Routing::Node, Some(client)) => {
-                let p = Presence::start(client.clone(), &prefix, &node, config.presence(), events_tx.clone())?;
-                presence = Some(p.clone());
-                let (tx, rx) = mpsc::channel(4096);
-                let directory = Arc::new(StoreDirectory(store.clone()));
-                Arc::new(NodeBackplane::new(transport(tx)?, rx, events_tx, p, directory))
-            }
-            (Routing::Node, None) => return Err(StartError::Routing("--routing node needs REDIS_URL".into())),
+        let setup = routing::Setup {
+            mode: config.routing,
+            redis: redis.as_ref(),
+            prefix: &prefix,
+            node: &node,
+            presence: config.presence(),
+            directory: Arc::new(StoreDirectory(store.clone())),
         };
+        let routing::Routed { backplane, presence } = routing::build(setup, events_tx, transport)?;
         let hub = Hub::new(backplane.clone(), metrics.clone());
         tokio::spawn(hub.clone().run(events_rx));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use switchboard::backplane::{Backplane, Channel, Event, MemoryBackplane, MemoryBus, RedisBackplane};
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};
-use switchboard::routing::{BroadcastBackplane, Directory, NodeBackplane, Presence, PresenceConfig, Routing};
+use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
 use tokio::sync::mpsc;
 
 type Node = (Arc<dyn Backplane>, mpsc::Receiver<Event>);
@@ -145,21 +145,17 @@ fn routed_with(
     connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>,
 ) -> Node {
     let (tx, rx) = mpsc::channel(1024);
-    let b: Arc<dyn Backplane> = match mode {
-        Routing::Group => connect(tx),
-        Routing::Broadcast => {
-            let (itx, irx) = mpsc::channel(1024);
-            Arc::new(BroadcastBackplane::new(connect(itx), irx, tx))
-        }
-        Routing::Node => {
-            let client = redis::Client::open(url.expect("node mode runs on Redis")).expect("redis url");
-            let config = PresenceConfig { ttl: Duration::from_secs(2), cache };
-            let presence = Presence::start(client, "conformance:", "n", config, tx.clone()).expect("presence");
-            let (itx, irx) = mpsc::channel(1024);
-            Arc::new(NodeBackplane::new(connect(itx), irx, tx, presence, Arc::new(Mirror)))
-        }
+    let client = url.map(|url| redis::Client::open(url).expect("redis url"));
+    let setup = Setup {
+        mode,
+        redis: client.as_ref(),
+        prefix: "conformance:",
+        node: "n",
+        presence: PresenceConfig { ttl: Duration::from_secs(2), cache },
+        directory: Arc::new(Mirror),
     };
-    (b, rx)
+    let routed = routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane");
+    (routed.backplane, rx)
 }
 
 fn memory_pair(mode: Routing) -> (Node, Node) {

@@ -89,6 +89,8 @@ pub enum BackplaneError {
     Timeout,
     #[error("backplane closed")]
     Closed,
+    #[error("--routing node needs Redis for its presence store")]
+    NeedsRedis,
 }
 
 #[async_trait]

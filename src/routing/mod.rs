@@ -27,7 +27,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::ValueEnum;
 use tokio::sync::mpsc;
 
-use crate::backplane::{Channel, Event};
+use crate::backplane::{Backplane, BackplaneError, Channel, Event};
 use crate::model::{GroupId, UserId};
 use crate::store::Store;
 
@@ -77,6 +77,46 @@ impl Directory for StoreDirectory {
                 None
             }
         }
+    }
+}
+
+/// What a node's backplane is built from, besides its transport.
+pub struct Setup<'a> {
+    pub mode: Routing,
+    /// The presence store's Redis (`node` mode needs it).
+    pub redis: Option<&'a redis::Client>,
+    pub prefix: &'a str,
+    /// The node's name, kept in its liveness key.
+    pub node: &'a str,
+    pub presence: PresenceConfig,
+    pub directory: Arc<dyn Directory>,
+}
+
+/// A node's backplane, and its presence store in `node` mode.
+pub struct Routed {
+    pub backplane: Arc<dyn Backplane>,
+    pub presence: Option<Arc<Presence>>,
+}
+
+/// Builds the node's backplane in `setup.mode` on the transport `connect` makes (handed the
+/// sender its events must go to); the node's events arrive on `events`.
+pub fn build<F>(setup: Setup<'_>, events: mpsc::Sender<Event>, connect: F) -> Result<Routed, BackplaneError>
+where
+    F: FnOnce(mpsc::Sender<Event>) -> Result<Arc<dyn Backplane>, BackplaneError>,
+{
+    if setup.mode == Routing::Group {
+        return Ok(Routed { backplane: connect(events)?, presence: None });
+    }
+    let (tx, rx) = mpsc::channel(4096);
+    let transport = connect(tx)?;
+    match (setup.mode, setup.redis) {
+        (Routing::Node, Some(client)) => {
+            let presence = Presence::start(client.clone(), setup.prefix, setup.node, setup.presence, events.clone())?;
+            let backplane = NodeBackplane::new(transport, rx, events, presence.clone(), setup.directory);
+            Ok(Routed { backplane: Arc::new(backplane), presence: Some(presence) })
+        }
+        (Routing::Node, None) => Err(BackplaneError::NeedsRedis),
+        _ => Ok(Routed { backplane: Arc::new(BroadcastBackplane::new(transport, rx, events)), presence: None }),
     }
 }
 
