@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard::config::LogFormat;
 use switchboard::app::StartError;
+use switchboard::config::LogFormat;
 use switchboard::{App, Config};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;

@@ -13,8 +13,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use async_trait::async_trait;
+use bytes::Bytes;
 use switchboard::backplane::{Backplane, Channel, Event, MemoryBackplane, MemoryBus, RedisBackplane};
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};

@@ -111,7 +111,11 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         }
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
         (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message" | "users"])
-        | (Listener::Public, _, ["users", _] | ["users", _, "groups" | "presence"] | ["groups", _, "messages"] | ["ws", _])
+        | (
+            Listener::Public,
+            _,
+            ["users", _] | ["users", _, "groups" | "presence"] | ["groups", _, "messages"] | ["ws", _],
+        )
         | (Listener::Admin, _, ["admin", "drain" | "publish" | "token" | "info"])
         | (_, _, ["healthz" | "readyz" | "metrics"]) => (
             "method_not_allowed",

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use thiserror::Error;
 use super::Routing;
+use thiserror::Error;
 
 /// Lifetime of the key without a refresh; nodes refresh it at a third of that.
 const FLEET_TTL: Duration = Duration::from_secs(30);

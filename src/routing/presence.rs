@@ -119,16 +119,7 @@ impl Presence {
         tokio::spawn(writer.run(rx, stop.clone()));
         tokio::spawn(liveness.refresh(conn.clone(), stop.clone()));
         tracing::info!(incarnation, node, "presence incarnation");
-        Ok(Arc::new(Self {
-            conn,
-            keys,
-            incarnation,
-            config,
-            ops,
-            users: DashMap::new(),
-            alive: DashMap::new(),
-            stop,
-        }))
+        Ok(Arc::new(Self { conn, keys, incarnation, config, ops, users: DashMap::new(), alive: DashMap::new(), stop }))
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -201,7 +192,11 @@ impl Presence {
     }
 
     /// Which of these incarnations have a liveness key.
-    async fn alive_of(&self, incarnations: impl Iterator<Item = u64>, now: Instant) -> Result<HashSet<u64>, BackplaneError> {
+    async fn alive_of(
+        &self,
+        incarnations: impl Iterator<Item = u64>,
+        now: Instant,
+    ) -> Result<HashSet<u64>, BackplaneError> {
         let mut alive = HashSet::new();
         let mut missing: Vec<u64> = Vec::new();
         for i in incarnations {

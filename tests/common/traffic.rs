@@ -95,7 +95,18 @@ impl Workload {
                 senders.push(tokio::spawn(s.run()));
             }
         }
-        Workload { checker, users, reconnects, connects, going_away, chaos, stop_senders, stop_receivers, senders, receivers }
+        Workload {
+            checker,
+            users,
+            reconnects,
+            connects,
+            going_away,
+            chaos,
+            stop_senders,
+            stop_receivers,
+            senders,
+            receivers,
+        }
     }
 
     /// Clients drop their sockets at random while on.
