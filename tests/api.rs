@@ -287,3 +287,51 @@ async fn api_on_mysql_and_redis() {
     suite(node.api()).await;
     node.stop().await;
 }
+
+/// `GET /users/{id}/presence` (docs/api.md): 501 without a presence store; in `node`
+/// routing, online on as many nodes as hold the user's sessions, and offline once they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_in_node_routing_only() {
+    let embedded = common::embedded(&[]).await;
+    let user = common::users(&embedded.api(), 1).await[0];
+    assert_error(
+        embedded.api().get(&format!("/users/{user}/presence")).await.expect("get"),
+        501,
+        "presence_unavailable",
+    );
+    embedded.stop().await;
+
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-cache-ms", "0"];
+    let node = common::start(&args).await;
+    let api = node.api();
+    let user = common::users(&api, 1).await[0];
+    let presence = |id: i64| {
+        let api = api.clone();
+        async move { api.get(&format!("/users/{id}/presence")).await.expect("presence") }
+    };
+    assert_eq!(presence(user).await.1, json!({ "user_id": user, "online": false, "nodes": 0 }));
+    let mut ws = switchboard::client::connect_ws(node.addr, user, false).await.expect("connect");
+    let _hello = ws.next(std::time::Duration::from_secs(5)).await;
+    let mut second = switchboard::client::connect_ws(node.addr, user, false).await.expect("connect");
+    let _hello = second.next(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        presence(user).await.1,
+        json!({ "user_id": user, "online": true, "nodes": 1 }),
+        "two sessions, one node"
+    );
+    ws.close().await;
+    second.close().await;
+    let mut offline = false;
+    for _ in 0..50 {
+        if presence(user).await.1["online"] == false {
+            offline = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(offline, "still online after both sessions closed");
+    assert_error(presence(i64::MAX / 2).await, 404, "user_not_found");
+    assert_error(presence(0).await, 400, "invalid_id");
+    node.stop().await;
+}
