@@ -288,7 +288,7 @@ async fn api_on_mysql_and_redis() {
     node.stop().await;
 }
 
-/// `GET /users/{id}/presence` (docs/api.md): 501 without a presence store; in `node`
+/// `GET /users/{id}/presence` (docs/api.md): 404 without a presence store; in `node`
 /// routing, online on as many nodes as hold the user's sessions, and offline once they left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_in_node_routing_only() {
@@ -296,7 +296,7 @@ async fn presence_in_node_routing_only() {
     let user = common::users(&embedded.api(), 1).await[0];
     assert_error(
         embedded.api().get(&format!("/users/{user}/presence")).await.expect("get"),
-        501,
+        404,
         "presence_unavailable",
     );
     embedded.stop().await;

@@ -1,7 +1,6 @@
 //! People by id and by exact name: what lets a client show and find "ann" instead of
 //! "user 6". Group payloads name their members too (`member_users`, see `Group::to_json`).
 
-use hyper::StatusCode;
 use serde_json::json;
 
 use super::body::Fields;
@@ -29,11 +28,11 @@ pub async fn find_user(state: &AppState, query: &Fields) -> Reply {
 }
 
 /// `GET /users/{id}/presence`: whether the user has a session on a live node, and on how
-/// many. Only `--routing node` keeps a presence store; other modes answer 501.
+/// many. Only `--routing node` keeps a presence store; in other modes the resource does not
+/// exist (404 `presence_unavailable`, not a 5xx: nothing is failing).
 pub async fn presence(state: &AppState, id: UserId) -> Reply {
     let Some(presence) = &state.presence else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
+        return Err(ApiError::not_found(
             "presence_unavailable",
             "Presence is kept only by a fleet running with --routing node.",
         ));
