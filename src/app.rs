@@ -118,6 +118,7 @@ impl App {
             node: &node,
             presence: config.presence(),
             directory: Arc::new(StoreDirectory(store.clone())),
+            metrics: metrics.clone(),
         };
         let routing::Routed { backplane, presence } = routing::build(setup, events_tx, transport)?;
         let hub = Hub::new(backplane.clone(), metrics.clone());

@@ -153,6 +153,7 @@ fn routed_with(
         node: "n",
         presence: PresenceConfig { ttl: Duration::from_secs(2), cache },
         directory: Arc::new(Mirror),
+        metrics: Arc::new(Metrics::new("t")),
     };
     let routed = routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane");
     (routed.backplane, rx)

@@ -28,6 +28,7 @@ use clap::ValueEnum;
 use tokio::sync::mpsc;
 
 use crate::backplane::{Backplane, BackplaneError, Channel, Event};
+use crate::metrics::Metrics;
 use crate::model::{GroupId, UserId};
 use crate::store::Store;
 
@@ -90,6 +91,7 @@ pub struct Setup<'a> {
     pub node: &'a str,
     pub presence: PresenceConfig,
     pub directory: Arc<dyn Directory>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A node's backplane, and its presence store in `node` mode.
@@ -111,7 +113,13 @@ where
     let transport = connect(tx)?;
     match (setup.mode, setup.redis) {
         (Routing::Node, Some(client)) => {
-            let presence = Presence::start(client.clone(), setup.prefix, setup.node, setup.presence, events.clone())?;
+            let presence = Presence::start(
+                client.clone(),
+                (setup.prefix, setup.node),
+                setup.presence,
+                setup.metrics,
+                events.clone(),
+            )?;
             let backplane = NodeBackplane::new(transport, rx, events, presence.clone(), setup.directory);
             Ok(Routed { backplane: Arc::new(backplane), presence: Some(presence) })
         }

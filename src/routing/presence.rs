@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backplane::{BackplaneError, Event};
+use crate::metrics::Metrics;
 use crate::model::UserId;
 
 /// Bound on one Redis round trip.
@@ -75,6 +76,7 @@ pub struct Presence {
     keys: Keys,
     incarnation: u64,
     config: PresenceConfig,
+    metrics: Arc<Metrics>,
     ops: mpsc::UnboundedSender<Op>,
     /// User -> incarnations found in its hash, and when that lookup was sent.
     users: DashMap<UserId, (Instant, Arc<[u64]>)>,
@@ -86,11 +88,12 @@ pub struct Presence {
 impl Presence {
     /// Draws an incarnation and starts the writer and the liveness refresher. Does not wait
     /// for Redis: entries wanted while it is away are written when it returns.
+    /// Takes the key prefix and the node's name (kept in its liveness key).
     pub fn start(
         client: redis::Client,
-        prefix: &str,
-        node: &str,
+        (prefix, node): (&str, &str),
         config: PresenceConfig,
+        metrics: Arc<Metrics>,
         events: mpsc::Sender<Event>,
     ) -> Result<Arc<Self>, BackplaneError> {
         use rand::RngExt;
@@ -119,7 +122,17 @@ impl Presence {
         tokio::spawn(writer.run(rx, stop.clone()));
         tokio::spawn(liveness.refresh(conn.clone(), stop.clone()));
         tracing::info!(incarnation, node, "presence incarnation");
-        Ok(Arc::new(Self { conn, keys, incarnation, config, ops, users: DashMap::new(), alive: DashMap::new(), stop }))
+        Ok(Arc::new(Self {
+            conn,
+            keys,
+            incarnation,
+            config,
+            metrics,
+            ops,
+            users: DashMap::new(),
+            alive: DashMap::new(),
+            stop,
+        }))
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -168,6 +181,9 @@ impl Presence {
                 _ => missing.push(u),
             }
         }
+        let m = &self.metrics.presence_lookups;
+        m.with_label_values(&["cache"]).inc_by(found.len() as u64);
+        m.with_label_values(&["redis"]).inc_by(missing.len() as u64);
         if !missing.is_empty() {
             let mut pipe = redis::pipe();
             for &u in &missing {

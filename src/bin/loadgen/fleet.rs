@@ -276,6 +276,7 @@ async fn start_node(
         node: &format!("sim{i}"),
         presence: PresenceConfig { ttl: Duration::from_secs(5), cache: Duration::from_millis(cache_ms) },
         directory: Arc::new(Members(world.clone())),
+        metrics: metrics.clone(),
     };
     let routed = routing::build(setup, events_tx, |events| {
         let redis = RedisBackplane::connect(client.clone(), "fleet:", events, metrics.clone())?;
