@@ -180,6 +180,9 @@ impl App {
             let _ = server.await;
         }
         upkeep.abort();
+        if let Some(presence) = &state.presence {
+            presence.retire().await;
+        }
         state.recorder.flush().await;
         state.lifecycle.advance(Phase::Stopped);
         drop(self.agreeing);

@@ -157,6 +157,16 @@ impl Presence {
         }
     }
 
+    /// After a drain: waits for the sessions' departures to be written, then deletes the
+    /// liveness key, so other nodes stop routing here at once rather than after the TTL.
+    pub async fn retire(&self) {
+        self.barrier().await;
+        self.stop.cancel();
+        let mut conn = self.conn.clone();
+        let del = redis::cmd("DEL").arg(self.keys.alive(self.incarnation)).to_owned();
+        let _ = tokio::time::timeout(IO_TIMEOUT, del.query_async::<()>(&mut conn)).await;
+    }
+
     /// Writes every entry of this node again and waits for it.
     pub async fn register_again(&self) {
         let (tx, rx) = oneshot::channel();
@@ -291,7 +301,7 @@ impl Liveness {
         redis::cmd("SET").arg(&self.key).arg(&self.node).arg("PX").arg(self.ttl.as_millis() as u64).to_owned()
     }
 
-    /// Keeps the key set, at a third of its TTL; deletes it on a clean stop.
+    /// Keeps the key set, at a third of its TTL, until stopped.
     async fn refresh(self, mut conn: ConnectionManager, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.ttl / 3);
         loop {
@@ -301,11 +311,7 @@ impl Liveness {
                         tracing::warn!(error = %e, "presence liveness refresh failed");
                     }
                 }
-                () = stop.cancelled() => {
-                    let del = redis::cmd("DEL").arg(&self.key).to_owned();
-                    let _ = tokio::time::timeout(IO_TIMEOUT, del.query_async::<()>(&mut conn)).await;
-                    return;
-                }
+                () = stop.cancelled() => return,
             }
         }
     }
