@@ -62,8 +62,7 @@ pub enum StartError {
     Backplane(#[from] BackplaneError),
     #[error("{0}")]
     Tls(String),
-    /// The routing mode cannot run here (another mode's fleet, or no Redis): a configuration
-    /// error, not an outage.
+    /// The fleet on this Redis routes in another mode: a configuration error, not an outage.
     #[error("{0}")]
     Routing(String),
 }
