@@ -335,3 +335,33 @@ async fn presence_in_node_routing_only() {
     assert_error(presence(0).await, 400, "invalid_id");
     node.stop().await;
 }
+
+/// A drained `node`-routing node deletes its liveness key once its sessions are gone, so the
+/// fleet stops routing to it at once instead of after `--presence-ttl-ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_retires_its_presence() {
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-ttl-ms", "60000"];
+    let (a, b) = (common::start(&args).await, common::start(&args).await);
+    let alive = || {
+        let (redis, pattern) = (redis.clone(), format!("{}:alive:*", db.rsplit('/').next().unwrap_or("")));
+        async move {
+            let client = redis::Client::open(redis.as_str()).expect("redis");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.expect("keys");
+            keys.len()
+        }
+    };
+    // Each node sets its key as it starts, without making the start wait for it.
+    for _ in 0..50 {
+        if alive().await == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(alive().await, 2);
+    a.stop().await;
+    assert_eq!(alive().await, 1, "the drained node is still alive for the fleet");
+    b.stop().await;
+    assert_eq!(alive().await, 0);
+}
