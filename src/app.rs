@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
-use crate::backplane::{Backplane, BackplaneError, MemoryBackplane, MemoryBus, RedisBackplane};
+use crate::backplane::{Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, RedisBackplane};
 use crate::commit::Commits;
 use crate::config::Config;
 use crate::http::{self, Listener};
@@ -25,6 +25,7 @@ use crate::inbox::{self, Inbox, InboxError, Recorder, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
+use crate::routing::{self, Presence, StoreDirectory};
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
 use crate::ws::protocol::close;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub commits: Commits,
     /// Present in signed-token mode.
     pub tokens: Option<Tokens>,
+    /// Where users are connected (`--routing node` only).
+    pub presence: Option<Arc<Presence>>,
 }
 
 #[derive(Debug, Error)]
@@ -59,10 +62,15 @@ pub enum StartError {
     Backplane(#[from] BackplaneError),
     #[error("{0}")]
     Tls(String),
+    /// The fleet on this Redis routes in another mode: a configuration error, not an outage.
+    #[error("{0}")]
+    Routing(String),
 }
 
 pub struct App {
     state: Arc<AppState>,
+    /// Keeps the fleet's routing mode claimed in Redis while the node runs.
+    agreeing: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
 
 impl App {
@@ -88,13 +96,34 @@ impl App {
             None => Arc::new(SqlInbox::new(db, metrics.clone())),
         };
         let (events_tx, events_rx) = mpsc::channel(4096);
-        let backplane: Arc<dyn Backplane> = match &config.redis_url {
-            Some(url) => {
-                let client = trust.redis_client(url).map_err(BackplaneError::from)?;
-                Arc::new(RedisBackplane::connect(client, &config.channel_prefix, events_tx, metrics.clone())?)
-            }
-            None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events_tx)),
+        let redis = match &config.redis_url {
+            Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
+            None => None,
         };
+        let prefix = config.channel_prefix.clone();
+        let mut agreeing = None;
+        if let Some(client) = &redis {
+            routing::agree(client, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
+            let keep = routing::keep_agreeing(client.clone(), prefix.clone(), config.routing);
+            agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
+        }
+        // The transport: Redis pub/sub, or the in-process bus of a single node.
+        let transport = |events: mpsc::Sender<Event>| -> Result<Arc<dyn Backplane>, BackplaneError> {
+            Ok(match &redis {
+                Some(client) => Arc::new(RedisBackplane::connect(client.clone(), &prefix, events, metrics.clone())?),
+                None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events)),
+            })
+        };
+        let setup = routing::Setup {
+            mode: config.routing,
+            redis: redis.as_ref(),
+            prefix: &prefix,
+            node: &node,
+            presence: config.presence(),
+            directory: Arc::new(StoreDirectory(store.clone())),
+            metrics: metrics.clone(),
+        };
+        let routing::Routed { backplane, presence } = routing::build(setup, events_tx, transport)?;
         let hub = Hub::new(backplane.clone(), metrics.clone());
         tokio::spawn(hub.clone().run(events_rx, lanes));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
@@ -109,6 +138,7 @@ impl App {
             send_limiter,
             commits,
             tokens,
+            presence,
             config,
             node,
             store,
@@ -119,7 +149,7 @@ impl App {
             lifecycle: Lifecycle::new(),
             sessions: TaskTracker::new(),
         };
-        Ok(App { state: Arc::new(state) })
+        Ok(App { state: Arc::new(state), agreeing })
     }
 
     pub fn state(&self) -> &Arc<AppState> {
@@ -154,8 +184,12 @@ impl App {
             let _ = server.await;
         }
         upkeep.abort();
+        if let Some(presence) = &state.presence {
+            presence.retire().await;
+        }
         state.recorder.flush().await;
         state.lifecycle.advance(Phase::Stopped);
+        drop(self.agreeing);
         let _ = phase_gauge.await;
         tracing::info!(node = %state.node, "node stopped");
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::routing::{PresenceConfig, Routing};
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -49,6 +51,25 @@ pub struct Config {
     /// (empty: the original `group:{id}` and `user:{id}`).
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
     pub channel_prefix: String,
+
+    /// How messages find the nodes of their recipients (docs/routing.md): `group` (a channel
+    /// per group with local members), `node` (a channel per node and a presence store in
+    /// Redis) or `broadcast` (one channel, filtered by each node). Every node of a fleet
+    /// must use the same; a node that finds another mode on its Redis refuses to start.
+    #[arg(long, env = "SWITCHBOARD_ROUTING", value_enum, default_value_t = Routing::Group)]
+    pub routing: Routing,
+
+    /// `--routing node`: how long a node's presence outlives its last liveness refresh, in
+    /// milliseconds. A crashed node stops receiving traffic this long (plus the presence
+    /// cache) after it died.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL_MS", default_value_t = 5_000)]
+    pub presence_ttl_ms: u64,
+
+    /// `--routing node`: how long a sender's node reuses a lookup of where users are, in
+    /// milliseconds; 0 looks up on every publish. A session that just connected is caught
+    /// up from the store once this has passed, for publishes routed by older lookups.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_CACHE_MS", default_value_t = 1_000)]
+    pub presence_cache_ms: u64,
 
     /// Offline inbox: `mongodb://host:port/db` (`?tls=true` for TLS) or `mongodb+srv://`
     /// (DNS seed list, TLS by default); unset means a table in the store's database.
@@ -200,6 +221,12 @@ impl Config {
         if self.max_group_members < 2 {
             return Err("--max-group-members must be at least 2".into());
         }
+        if self.routing == Routing::Node && self.redis_url.is_none() {
+            return Err("--routing node needs REDIS_URL (its presence store lives in Redis)".into());
+        }
+        if self.presence_ttl_ms < 300 {
+            return Err("--presence-ttl-ms must be at least 300".into());
+        }
         let db = &self.database_url;
         if !(db.starts_with("sqlite:") || db.starts_with("mysql:") || db.starts_with("mariadb:")) {
             return Err(format!("DATABASE_URL must start with sqlite: or mysql:, got {db:?}"));
@@ -242,6 +269,13 @@ impl Config {
         Duration::from_millis(self.heartbeat_timeout_ms)
     }
 
+    pub fn presence(&self) -> PresenceConfig {
+        PresenceConfig {
+            ttl: Duration::from_millis(self.presence_ttl_ms),
+            cache: Duration::from_millis(self.presence_cache_ms),
+        }
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout)
     }
@@ -282,6 +316,9 @@ mod tests {
         assert!(Config::from_args(["--listen", "not-an-addr"]).is_err());
         let c = Config::from_args(["--tls-ca-file", "/nonexistent/ca.pem"]).expect("parses");
         assert!(c.validate().expect_err("no such CA file").contains("SWITCHBOARD_TLS_CA_FILE"));
+        let c = Config::from_args(["--routing", "node"]).expect("parses");
+        assert!(c.validate().expect_err("node mode without Redis").contains("REDIS_URL"));
+        assert!(Config::from_args(["--routing", "sharded"]).is_err());
         let c = Config::from_args(["--token-verify-secret", "0123456789abcdef"]).expect("parses");
         assert!(c.validate().is_err(), "a verify secret alone");
     }

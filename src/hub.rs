@@ -232,9 +232,18 @@ impl Hub {
                     }
                 }
                 Event::Payload { channel: Channel::User(u), payload } => self.joined(u, payload),
+                // The routing decorators unwrap these before they reach the hub.
+                Event::Payload { channel: Channel::Node(_) | Channel::Broadcast, .. } => {}
                 Event::Resynced => {
                     for s in self.sessions() {
                         self.push(&s, Outbound::Resync);
+                    }
+                }
+                Event::CatchUp(users) => {
+                    for u in users {
+                        for s in self.users.get(&u).map(|s| s.clone()).unwrap_or_default() {
+                            self.push(&s, Outbound::Resync);
+                        }
                     }
                 }
             }

@@ -11,6 +11,8 @@
 //! - [`inbox`]: what users have not received yet, kept as per-group delivery positions in
 //!   MongoDB or a SQL table (trait `Inbox`), and the recorder that writes them in batches.
 //! - [`backplane`]: pub/sub between nodes over Redis or in-process (trait `Backplane`).
+//! - [`routing`]: which channels a node subscribes and publishes on (`--routing group`,
+//!   `node` with its presence store, or `broadcast`), as decorators of the backplane.
 //! - [`hub`]: the node's local sessions and reference-counted group subscriptions; fans
 //!   backplane events out to session queues without ever awaiting a slow socket.
 //! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
@@ -44,6 +46,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod routing;
 pub mod store;
 pub mod tls;
 pub mod web;

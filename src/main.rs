@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use switchboard::app::StartError;
 use switchboard::config::LogFormat;
 use switchboard::{App, Config};
 use tokio::net::TcpListener;
@@ -68,6 +69,10 @@ async fn run(config: Config) -> ExitCode {
     };
     let app = match App::build(config.clone()).await {
         Ok(app) => app,
+        Err(e @ StartError::Routing(_)) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
         Err(e) => {
             eprintln!("switchboard: {e}");
             return ExitCode::from(EX_UNAVAILABLE);

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub backplane_subscriptions: IntGauge,
     pub backplane_received: IntCounter,
     pub backplane_reconnects: IntCounter,
+    pub backplane_published: IntCounter,
+    pub presence_lookups: IntCounterVec,
     pub store_query_duration: HistogramVec,
     pub backend_up: IntGaugeVec,
     pub lifecycle_phase: IntGauge,
@@ -135,6 +137,14 @@ impl Metrics {
                 "backplane_reconnects_total",
                 "Backplane reconnections after a lost connection."
             ))),
+            backplane_published: reg!(IntCounter::with_opts(opts(
+                "backplane_published_total",
+                "PUBLISH commands this node sent to the backplane."
+            ))),
+            presence_lookups: reg!(IntCounterVec::new(
+                opts("presence_lookups_total", "Users looked up in the presence store, by where the answer came from."),
+                &["source"]
+            )),
             store_query_duration: reg!(HistogramVec::new(
                 hopts("store_query_duration_seconds", "Store and inbox operation duration by operation."),
                 &["op"]
@@ -259,6 +269,7 @@ mod tests {
         m.http_requests.with_label_values(&["/register", "200"]).inc();
         m.http_duration.with_label_values(&["/register"]).observe(0.01);
         m.limit_rejections.with_label_values(&["send_rate"]).inc();
+        m.presence_lookups.with_label_values(&["cache"]).inc();
         drop(m.time_query("insert_message"));
         let text = String::from_utf8(m.render()).expect("utf8");
         for name in [
@@ -281,6 +292,8 @@ mod tests {
             "switchboard_backplane_subscriptions",
             "switchboard_backplane_messages_received_total",
             "switchboard_backplane_reconnects_total",
+            "switchboard_backplane_published_total",
+            "switchboard_presence_lookups_total",
             "switchboard_store_query_duration_seconds_bucket",
             "switchboard_lifecycle_phase",
             "switchboard_drain_sessions_remaining",

@@ -287,3 +287,81 @@ async fn api_on_mysql_and_redis() {
     suite(node.api()).await;
     node.stop().await;
 }
+
+/// `GET /users/{id}/presence` (docs/api.md): 404 without a presence store; in `node`
+/// routing, online on as many nodes as hold the user's sessions, and offline once they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_in_node_routing_only() {
+    let embedded = common::embedded(&[]).await;
+    let user = common::users(&embedded.api(), 1).await[0];
+    assert_error(
+        embedded.api().get(&format!("/users/{user}/presence")).await.expect("get"),
+        404,
+        "presence_unavailable",
+    );
+    embedded.stop().await;
+
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-cache-ms", "0"];
+    let node = common::start(&args).await;
+    let api = node.api();
+    let user = common::users(&api, 1).await[0];
+    let presence = |id: i64| {
+        let api = api.clone();
+        async move { api.get(&format!("/users/{id}/presence")).await.expect("presence") }
+    };
+    assert_eq!(presence(user).await.1, json!({ "user_id": user, "online": false, "nodes": 0 }));
+    let mut ws = switchboard::client::connect_ws(node.addr, user, false).await.expect("connect");
+    let _hello = ws.next(std::time::Duration::from_secs(5)).await;
+    let mut second = switchboard::client::connect_ws(node.addr, user, false).await.expect("connect");
+    let _hello = second.next(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        presence(user).await.1,
+        json!({ "user_id": user, "online": true, "nodes": 1 }),
+        "two sessions, one node"
+    );
+    ws.close().await;
+    second.close().await;
+    let mut offline = false;
+    for _ in 0..50 {
+        if presence(user).await.1["online"] == false {
+            offline = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(offline, "still online after both sessions closed");
+    assert_error(presence(i64::MAX / 2).await, 404, "user_not_found");
+    assert_error(presence(0).await, 400, "invalid_id");
+    node.stop().await;
+}
+
+/// A drained `node`-routing node deletes its liveness key once its sessions are gone, so the
+/// fleet stops routing to it at once instead of after `--presence-ttl-ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_retires_its_presence() {
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-ttl-ms", "60000"];
+    let (a, b) = (common::start(&args).await, common::start(&args).await);
+    let alive = || {
+        let (redis, pattern) = (redis.clone(), format!("{}:alive:*", db.rsplit('/').next().unwrap_or("")));
+        async move {
+            let client = redis::Client::open(redis.as_str()).expect("redis");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.expect("keys");
+            keys.len()
+        }
+    };
+    // Each node sets its key as it starts, without making the start wait for it.
+    for _ in 0..50 {
+        if alive().await == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(alive().await, 2);
+    a.stop().await;
+    assert_eq!(alive().await, 1, "the drained node is still alive for the fleet");
+    b.stop().await;
+    assert_eq!(alive().await, 0);
+}

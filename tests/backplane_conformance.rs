@@ -1,15 +1,24 @@
-//! One `Backplane` conformance suite, run against the in-process backplane (two nodes on one
-//! bus) and Redis (two nodes on one server); plus Redis-only recovery after the pub/sub
-//! connection is killed.
+//! One `Backplane` conformance suite, run in every routing mode (docs/routing.md) against
+//! the in-process backplane (two nodes on one bus) and Redis (two nodes on one server); plus
+//! recovery after the pub/sub connection is killed, and in `node` mode after Redis restarts
+//! empty.
+//!
+//! What a node asks for it gets, once per publish and in order, in every mode. `group` and
+//! `node` mode are also exact (a node gets nothing it did not ask for); `broadcast` is not,
+//! by design: its hub filters. In `node` mode interest in a group is a member's presence:
+//! the test directory makes user `g` the one member of group `g`.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use switchboard::backplane::{Backplane, Channel, Event, MemoryBackplane, MemoryBus, RedisBackplane};
 use switchboard::metrics::Metrics;
+use switchboard::model::{GroupId, UserId};
+use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
 use tokio::sync::mpsc;
 
 type Node = (Arc<dyn Backplane>, mpsc::Receiver<Event>);
@@ -19,7 +28,7 @@ async fn next_payload(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Optio
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await.ok()?? {
             Event::Payload { channel, payload } => return Some((channel, payload)),
-            Event::Resynced => continue,
+            Event::Resynced | Event::CatchUp(_) => continue,
         }
     }
 }
@@ -42,23 +51,40 @@ fn random_id() -> i64 {
     rand::rng().random_range(1_000_000..i64::MAX / 2)
 }
 
-async fn suite((a, mut a_rx): Node, (b, mut b_rx): Node) {
+/// How a node of `mode` asks for a channel's publishes.
+fn interest(mode: Routing, channel: Channel) -> Channel {
+    match (mode, channel) {
+        (Routing::Node, Channel::Group(g)) => Channel::User(g),
+        _ => channel,
+    }
+}
+
+async fn suite(mode: Routing, (a, mut a_rx): Node, (b, mut b_rx): Node) {
     a.ping().await.expect("ping");
+    let exact = mode != Routing::Broadcast;
     let g = Channel::Group(random_id());
     let other = Channel::User(random_id());
+    let wants_g = interest(mode, g);
 
     // Subscribed twice, delivered once; the publisher's node does not get it.
-    b.subscribe(g);
-    b.subscribe(g);
+    b.subscribe(wants_g);
+    b.subscribe(wants_g);
     b.barrier().await;
     a.publish(&[(g, Bytes::from_static(b"one"))]).await.expect("publish");
     assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await, Some((g, Bytes::from_static(b"one"))));
     assert_eq!(next_payload(&mut b_rx, Duration::from_millis(300)).await, None, "delivered twice");
-    assert_eq!(next_payload(&mut a_rx, Duration::from_millis(100)).await, None, "unsubscribed node got it");
+    if exact {
+        assert_eq!(next_payload(&mut a_rx, Duration::from_millis(100)).await, None, "unsubscribed node got it");
+    }
 
     // Publishing where nobody listens is fine; other channels stay separate.
     a.publish(&[(other, Bytes::from_static(b"nobody"))]).await.expect("publish");
-    assert_eq!(next_payload(&mut b_rx, Duration::from_millis(200)).await, None);
+    if exact {
+        assert_eq!(next_payload(&mut b_rx, Duration::from_millis(200)).await, None);
+    } else {
+        let got = next_payload(&mut b_rx, Duration::from_secs(3)).await;
+        assert_eq!(got, Some((other, Bytes::from_static(b"nobody"))), "broadcast carries the logical channel");
+    }
 
     // Order is kept, within a pipelined batch and across publishes.
     for i in 0..100u32 {
@@ -67,81 +93,201 @@ async fn suite((a, mut a_rx): Node, (b, mut b_rx): Node) {
     let batch: Vec<(Channel, Bytes)> =
         (100..200u32).flat_map(|i| [(g, Bytes::from(i.to_string())), (other, Bytes::from_static(b"x"))]).collect();
     a.publish(&batch).await.expect("pipelined publish");
-    for i in 0..200u32 {
-        let (_, p) = next_payload(&mut b_rx, Duration::from_secs(3)).await.expect("ordered payload");
-        assert_eq!(p, Bytes::from(i.to_string()));
+    let mut i = 0u32;
+    while i < 200 {
+        let (c, p) = next_payload(&mut b_rx, Duration::from_secs(3)).await.expect("ordered payload");
+        if c == other {
+            assert!(!exact, "got a channel it did not ask for");
+            continue;
+        }
+        assert_eq!((c, p), (g, Bytes::from(i.to_string())));
+        i += 1;
     }
+    // Whatever a broadcast node got besides is behind it now.
+    while !exact && next_payload(&mut b_rx, Duration::from_millis(200)).await.is_some() {}
 
     // Unsubscribe, then subscribe again in the same breath: the last wish wins.
-    b.unsubscribe(g);
-    b.subscribe(g);
+    b.unsubscribe(wants_g);
+    b.subscribe(wants_g);
     b.barrier().await;
     a.publish(&[(g, Bytes::from_static(b"still"))]).await.expect("publish");
     assert_eq!(
         next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),
         Some(Bytes::from_static(b"still"))
     );
-    b.unsubscribe(g);
+    b.unsubscribe(wants_g);
     b.barrier().await;
     a.publish(&[(g, Bytes::from_static(b"gone"))]).await.expect("publish");
-    assert_eq!(next_payload(&mut b_rx, Duration::from_millis(300)).await, None, "delivered after unsubscribe");
+    if exact {
+        assert_eq!(next_payload(&mut b_rx, Duration::from_millis(300)).await, None, "delivered after unsubscribe");
+    }
 }
 
-fn memory_pair() -> (Node, Node) {
-    let bus = MemoryBus::new();
-    let (ta, ra) = mpsc::channel(1024);
-    let (tb, rb) = mpsc::channel(1024);
-    let a: Arc<dyn Backplane> = Arc::new(MemoryBackplane::new(bus.clone(), ta));
-    let b: Arc<dyn Backplane> = Arc::new(MemoryBackplane::new(bus, tb));
-    ((a, ra), (b, rb))
+/// The test directory: user `g` is the one member of group `g`.
+struct Mirror;
+
+#[async_trait]
+impl Directory for Mirror {
+    async fn members(&self, group: GroupId) -> Option<Vec<UserId>> {
+        Some(vec![group])
+    }
 }
 
-fn redis_node(url: &str) -> Node {
+/// Puts a node of `mode` on a transport built by `connect` for the events it is given.
+fn routed(mode: Routing, url: Option<&str>, connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>) -> Node {
+    routed_with(mode, url, Duration::ZERO, connect)
+}
+
+fn routed_with(
+    mode: Routing,
+    url: Option<&str>,
+    cache: Duration,
+    connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>,
+) -> Node {
     let (tx, rx) = mpsc::channel(1024);
+    let client = url.map(|url| redis::Client::open(url).expect("redis url"));
+    let setup = Setup {
+        mode,
+        redis: client.as_ref(),
+        prefix: "conformance:",
+        node: "n",
+        presence: PresenceConfig { ttl: Duration::from_secs(2), cache },
+        directory: Arc::new(Mirror),
+        metrics: Arc::new(Metrics::new("t")),
+    };
+    let routed = routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane");
+    (routed.backplane, rx)
+}
+
+fn memory_pair(mode: Routing) -> (Node, Node) {
+    let bus = MemoryBus::new();
+    let a = routed(mode, None, |tx| Arc::new(MemoryBackplane::new(bus.clone(), tx)));
+    let b = routed(mode, None, |tx| Arc::new(MemoryBackplane::new(bus.clone(), tx)));
+    (a, b)
+}
+
+fn redis_transport(url: &str, events: mpsc::Sender<Event>) -> Arc<dyn Backplane> {
     let client = redis::Client::open(url).expect("redis url");
-    let b: Arc<dyn Backplane> =
-        Arc::new(RedisBackplane::connect(client, "conformance:", tx, Arc::new(Metrics::new("t"))).expect("redis"));
-    (b, rx)
+    Arc::new(RedisBackplane::connect(client, "conformance:", events, Arc::new(Metrics::new("t"))).expect("redis"))
+}
+
+fn redis_node(mode: Routing, url: &str) -> Node {
+    routed(mode, Some(url), |tx| redis_transport(url, tx))
 }
 
 #[tokio::test]
 async fn memory_backplane_conforms() {
-    let (a, b) = memory_pair();
-    suite(a, b).await;
+    let (a, b) = memory_pair(Routing::Group);
+    suite(Routing::Group, a, b).await;
+}
+
+#[tokio::test]
+async fn memory_backplane_conforms_in_broadcast_mode() {
+    let (a, b) = memory_pair(Routing::Broadcast);
+    suite(Routing::Broadcast, a, b).await;
+}
+
+async fn redis_conforms(mode: Routing) {
+    let Some(url) = common::redis_url() else { return };
+    suite(mode, redis_node(mode, &url), redis_node(mode, &url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_backplane_conforms() {
-    let Some(url) = common::redis_url() else { return };
-    suite(redis_node(&url), redis_node(&url)).await;
+    redis_conforms(Routing::Group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backplane_conforms_in_node_mode() {
+    redis_conforms(Routing::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backplane_conforms_in_broadcast_mode() {
+    redis_conforms(Routing::Broadcast).await;
 }
 
 /// Killing the pub/sub connection makes the backplane reconnect, resubscribe, say
-/// `Resynced`, and deliver again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_backplane_resubscribes_after_a_lost_connection() {
+/// `Resynced`, and deliver again; in `node` mode, so does a Redis restart that loses every
+/// presence entry (the node writes its own again before saying `Resynced`).
+async fn recovers(mode: Routing, restart: bool) {
     if common::redis_url().is_none() {
         return;
     }
     // A private Redis: killing every pub/sub connection must not disturb the other tests.
-    let redis = common::services::redis().await;
+    let mut redis = common::services::redis().await;
     let url = redis.url();
-    let (a, _a_rx) = redis_node(&url);
-    let (b, mut b_rx) = redis_node(&url);
+    let (a, _a_rx) = redis_node(mode, &url);
+    let (b, mut b_rx) = redis_node(mode, &url);
     let g = Channel::Group(random_id());
-    b.subscribe(g);
+    b.subscribe(interest(mode, g));
     b.barrier().await;
     // The first connect also says Resynced (sessions may have arrived before it).
     assert!(resynced(&mut b_rx).await, "no Resynced after the first connect");
-    let client = redis::Client::open(url.as_str()).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
-    let killed: i64 =
-        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.expect("client kill");
-    assert!(killed >= 1);
-    assert!(resynced(&mut b_rx).await, "no Resynced after the pub/sub connection was killed");
-    a.publish(&[(g, Bytes::from_static(b"after"))]).await.expect("publish");
+    if restart {
+        redis.stop().await;
+        redis.start().await;
+    } else {
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .expect("client kill");
+        assert!(killed >= 1);
+    }
+    assert!(resynced(&mut b_rx).await, "no Resynced after the connection was lost");
+    // The publisher's connection may still be finding its way back.
+    let mut sent = false;
+    for _ in 0..20 {
+        if a.publish(&[(g, Bytes::from_static(b"after"))]).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "publish never succeeded again");
     assert_eq!(
         next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p),
         Some(Bytes::from_static(b"after"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backplane_resubscribes_after_a_lost_connection() {
+    for mode in [Routing::Group, Routing::Node, Routing::Broadcast] {
+        recovers(mode, false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_mode_writes_its_presence_again_after_a_redis_restart() {
+    recovers(Routing::Node, true).await;
+}
+
+/// With a presence cache, a user that arrives on a node is caught up from the store once
+/// every cached lookup that could have missed it has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
+    let Some(url) = common::redis_url() else { return };
+    let cache = Duration::from_millis(300);
+    let (b, mut rx) = routed_with(Routing::Node, Some(&url), cache, |tx| redis_transport(&url, tx));
+    let user = random_id();
+    let started = tokio::time::Instant::now();
+    b.subscribe(Channel::User(user));
+    b.barrier().await;
+    let wait = async {
+        while let Some(event) = rx.recv().await {
+            if let Event::CatchUp(users) = event {
+                return users;
+            }
+        }
+        Vec::new()
+    };
+    let users = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a catch-up");
+    assert_eq!(users, vec![user]);
+    assert!(started.elapsed() >= cache, "caught up before the cache expired");
 }

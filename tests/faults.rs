@@ -171,3 +171,43 @@ async fn random_socket_drops_lose_nothing() {
     assert!(w.reconnects.load(std::sync::atomic::Ordering::SeqCst) > 10, "chaos dropped too few sockets");
     verdict("random socket drops", w).await;
 }
+
+/// `--routing node` (docs/routing.md): a node killed with SIGKILL stops being routed to once
+/// its presence TTL (plus the presence cache) has passed, its users reconnect to the other
+/// node and lose nothing, and when it comes back under the same name (a new incarnation)
+/// every user's presence counts exactly the one session it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--routing", "node", "--presence-ttl-ms", "1500", "--presence-cache-ms", "500"];
+    let Some(mut f) = fleet_with(&flags).await else { return };
+    let api = switchboard::client::Api::new(f.nodes[0].addr);
+    let presence = |user: i64| {
+        let api = api.clone();
+        async move {
+            let (status, body) = api.get(&format!("/users/{user}/presence")).await.expect("presence");
+            assert_eq!(status, 200, "{body}");
+            body["nodes"].as_u64().expect("nodes")
+        }
+    };
+    // A user with one session on node 2 and a client that never reconnects.
+    let pinned = api.register(&unique("pinned")).await.expect("register");
+    let mut ws = switchboard::client::connect_ws(f.nodes[1].addr, pinned, false).await.expect("connect");
+    assert!(matches!(ws.next(Duration::from_secs(10)).await, Some(switchboard::client::WsEvent::Json(_))));
+    assert_eq!(presence(pinned).await, 1);
+
+    let w = f.traffic().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.nodes[1].signal("KILL");
+    // TTL + cache + a margin for the last refresh and the lookup.
+    tokio::time::sleep(Duration::from_millis(1500 + 500 + 700)).await;
+    assert_eq!(presence(pinned).await, 0, "the dead node is still routed to");
+    f.nodes[1].restart();
+    f.nodes[1].ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(presence(pinned).await, 0, "the restarted node revived an old entry");
+    for &user in &w.users {
+        assert_eq!(presence(user).await, 1, "user {user} has one session");
+    }
+    verdict("kill -9 node, node routing", w).await;
+}

@@ -1,5 +1,7 @@
-//! Two node processes on different ports sharing MariaDB and Redis: users on different
-//! nodes chat both ways, and a user who was offline gets everything on another node.
+//! Two node processes on different ports sharing MariaDB and Redis, in every routing mode
+//! (docs/routing.md): users on different nodes chat both ways, a user who was offline gets
+//! everything on another node, and a user with sessions on both nodes gets every message on
+//! both. A node started in another mode than its fleet's refuses to start.
 
 mod common;
 
@@ -27,14 +29,34 @@ async fn message(ws: &mut WsConn) -> serde_json::Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_node_processes_deliver_to_each_other() {
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+/// Two ready node processes in `mode` on a fresh database and the shared Redis.
+async fn pair(mode: &str) -> Option<(common::Proc, common::Proc)> {
+    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return None };
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
-    let mut n1 = common::Proc::spawn(&["--node-id".into(), "n1".into()], &env);
-    let mut n2 = common::Proc::spawn(&["--node-id".into(), "n2".into()], &env);
+    let args = |name: &str| ["--node-id", name, "--routing", mode].map(String::from);
+    let mut n1 = common::Proc::spawn(&args("n1"), &env);
+    let mut n2 = common::Proc::spawn(&args("n2"), &env);
     n1.ready().await;
     n2.ready().await;
+    Some((n1, n2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_node_processes_deliver_to_each_other() {
+    for mode in ["group", "node", "broadcast"] {
+        deliver_to_each_other(mode).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_two_nodes_gets_every_message_on_both() {
+    for mode in ["group", "node", "broadcast"] {
+        sessions_on_both_nodes(mode).await;
+    }
+}
+
+async fn deliver_to_each_other(mode: &str) {
+    let Some((n1, n2)) = pair(mode).await else { return };
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api2.register(&common::unique("bob")).await.expect("bob");
@@ -70,5 +92,48 @@ async fn two_node_processes_deliver_to_each_other() {
     for id in &ids {
         assert_eq!(message(&mut b).await["message_id"].as_i64(), Some(*id));
     }
-    assert_eq!(b.next_non_ack(Duration::from_millis(500)).await, None, "nothing twice");
+    assert_eq!(b.next_non_ack(Duration::from_millis(500)).await, None, "{mode}: nothing twice");
+}
+
+async fn sessions_on_both_nodes(mode: &str) {
+    let Some((n1, n2)) = pair(mode).await else { return };
+    let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
+    let alice = api1.register(&common::unique("alice")).await.expect("alice");
+    let bob = api1.register(&common::unique("bob")).await.expect("bob");
+    let carol = api1.register(&common::unique("carol")).await.expect("carol");
+    let pair = api1.create_group(alice, &[bob]).await.expect("pair");
+    let trio = api1.create_group(carol, &[alice, bob]).await.expect("trio");
+    let mut on1 = connect(n1.addr, bob).await;
+    let mut on2 = connect(n2.addr, bob).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (api, from, group) = if i % 2 == 0 { (&api1, alice, pair) } else { (&api2, carol, trio) };
+        let (status, sent) = api.send(from, group, &format!("to both {i}"), None).await.expect("send");
+        assert_eq!(status, 200);
+        ids.push(sent["message_id"].as_i64().expect("id"));
+    }
+    for (name, ws) in [("node 1", &mut on1), ("node 2", &mut on2)] {
+        let mut got = Vec::new();
+        while got.len() < ids.len() {
+            got.push(message(ws).await["message_id"].as_i64().expect("id"));
+        }
+        got.sort_unstable();
+        assert_eq!(got, ids, "{mode}: the session on {name} missed messages");
+        assert_eq!(ws.next_non_ack(Duration::from_millis(300)).await, None, "{mode}: nothing twice on {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_another_mode_than_its_fleet_refuses_to_start() {
+    let Some((n1, _n2)) = pair("group").await else { return };
+    // The same database, hence the same channel prefix: the same fleet.
+    let mut n3 = common::Proc::spawn(&["--node-id", "n3", "--routing", "node"].map(String::from), &n1.envs);
+    for _ in 0..100 {
+        if let Ok(Some(status)) = n3.child.try_wait() {
+            assert_eq!(status.code(), Some(64), "refused, as a configuration error");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("a node in another mode than its fleet started");
 }

@@ -1,5 +1,8 @@
 //! The backplane carries messages between nodes: `group:{id}` channels for messages and
-//! `user:{id}` channels for membership changes (docs/delivery.md).
+//! `user:{id}` channels for membership changes (docs/delivery.md). Which channels a node
+//! really subscribes and publishes on is the routing mode's choice (docs/routing.md): the
+//! [`routing`](crate::routing) decorators map these logical channels onto `node:{id}` or
+//! `broadcast` and back, so the hub and the send path only ever see logical channels.
 //!
 //! A node subscribes a channel once, however many local sessions want it; the [`Hub`]
 //! counts references and calls `subscribe`/`unsubscribe` on the 0↔1 edges. Those calls only
@@ -32,6 +35,10 @@ pub use redis::RedisBackplane;
 pub enum Channel {
     Group(GroupId),
     User(UserId),
+    /// One node incarnation's own channel (`--routing node`).
+    Node(u64),
+    /// The one channel every node receives (`--routing broadcast`).
+    Broadcast,
 }
 
 impl fmt::Display for Channel {
@@ -39,17 +46,22 @@ impl fmt::Display for Channel {
         match self {
             Channel::Group(id) => write!(f, "group:{id}"),
             Channel::User(id) => write!(f, "user:{id}"),
+            Channel::Node(id) => write!(f, "node:{id}"),
+            Channel::Broadcast => f.write_str("broadcast"),
         }
     }
 }
 
 impl Channel {
     pub fn parse(name: &str) -> Option<Channel> {
+        if name == "broadcast" {
+            return Some(Channel::Broadcast);
+        }
         let (kind, id) = name.split_once(':')?;
-        let id = id.parse().ok()?;
         match kind {
-            "group" => Some(Channel::Group(id)),
-            "user" => Some(Channel::User(id)),
+            "group" => Some(Channel::Group(id.parse().ok()?)),
+            "user" => Some(Channel::User(id.parse().ok()?)),
+            "node" => Some(Channel::Node(id.parse().ok()?)),
             _ => None,
         }
     }
@@ -64,6 +76,9 @@ pub enum Event {
     /// The backplane reconnected and resubscribed everything; publishes made while it was
     /// away were missed, so every local session must catch up from the store.
     Resynced,
+    /// Publishes to these users may have been routed past this node until now (other
+    /// nodes' presence caches had not seen them here yet): their sessions catch up.
+    CatchUp(Vec<UserId>),
 }
 
 #[derive(Debug, Error)]
@@ -74,6 +89,8 @@ pub enum BackplaneError {
     Timeout,
     #[error("backplane closed")]
     Closed,
+    #[error("--routing node needs Redis for its presence store")]
+    NeedsRedis,
 }
 
 #[async_trait]
@@ -96,7 +113,7 @@ mod tests {
 
     #[test]
     fn channel_names_round_trip() {
-        for c in [Channel::Group(42), Channel::User(7)] {
+        for c in [Channel::Group(42), Channel::User(7), Channel::Node(3), Channel::Broadcast] {
             assert_eq!(Channel::parse(&c.to_string()), Some(c));
         }
         assert_eq!(Channel::Group(3).to_string(), "group:3");

@@ -47,6 +47,7 @@ enum Command {
 
 pub struct RedisBackplane {
     names: Names,
+    metrics: Arc<Metrics>,
     publisher: ConnectionManager,
     commands: mpsc::UnboundedSender<Command>,
     stop: CancellationToken,
@@ -71,9 +72,10 @@ impl RedisBackplane {
         let (commands, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let names = Names { prefix: prefix.into() };
-        let subscriber = Subscriber { client, names: names.clone(), events, metrics, wanted: HashSet::new() };
+        let subscriber =
+            Subscriber { client, names: names.clone(), events, metrics: metrics.clone(), wanted: HashSet::new() };
         tokio::spawn(subscriber.run(rx, stop.clone()));
-        Ok(Self { names, publisher, commands, stop })
+        Ok(Self { names, metrics, publisher, commands, stop })
     }
 }
 
@@ -92,7 +94,11 @@ impl Backplane for RedisBackplane {
             pipe.cmd("PUBLISH").arg(self.names.name(*channel)).arg(payload.as_ref()).ignore();
         }
         match tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(res) => res.map_err(Into::into),
+            Ok(res) => {
+                res?;
+                self.metrics.backplane_published.inc_by(messages.len() as u64);
+                Ok(())
+            }
             Err(_) => Err(BackplaneError::Timeout),
         }
     }

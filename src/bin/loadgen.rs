@@ -7,7 +7,11 @@
 //!     --admin 127.0.0.1:9000 --node-pid $(pgrep -n switchboard) [--sources 127.0.0.1,127.0.0.2]
 //! loadgen chat --target 127.0.0.1:8000 --pairs 100 --rate 1000 --duration 20 [--group-size 100]
 //! loadgen storm --target 127.0.0.1:8000 --count 19000 --procs 2 --admin 127.0.0.1:9000
+//! loadgen fleet --nodes 10,50,200 --users 5000 --rate 200 --duration 20
 //! ```
+//!
+//! `fleet` needs no node: it simulates a fleet's backplane on a Redis of its own
+//! (docs/routing.md).
 //!
 //! Each run ends with one `loadgen <command> key=value ...` line for scripts, after a
 //! human-readable table. Users and groups are registered once and cached in
@@ -20,6 +24,8 @@
 //! destination the ephemeral ports run out: `--sources 127.0.0.1,127.0.0.2,...` binds client
 //! sockets to several loopback addresses, round-robin.
 
+#[path = "loadgen/bloom.rs"]
+mod bloom;
 #[path = "loadgen/chat.rs"]
 mod chat;
 #[path = "loadgen/client.rs"]
@@ -28,6 +34,8 @@ mod client;
 mod common;
 #[path = "loadgen/connections.rs"]
 mod connections;
+#[path = "loadgen/fleet.rs"]
+mod fleet;
 #[path = "loadgen/hist.rs"]
 mod hist;
 #[path = "loadgen/procs.rs"]
@@ -162,6 +170,41 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         connect_timeout: u64,
     },
+    /// Routing modes compared on simulated nodes sharing one real Redis (docs/routing.md).
+    Fleet {
+        /// Routing modes, comma-separated.
+        #[arg(long, default_value = "group,node,broadcast", value_parser = fleet::parse_modes)]
+        modes: std::vec::Vec<switchboard::routing::Routing>,
+        /// Fleet sizes, comma-separated; each is run in every mode.
+        #[arg(long, default_value = "10,50,200", value_parser = fleet::parse_counts)]
+        nodes: std::vec::Vec<usize>,
+        #[arg(long, default_value_t = 5000)]
+        users: usize,
+        /// Messages per second, the whole fleet together.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds of traffic per run.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Sessions per second that move to another node.
+        #[arg(long, default_value_t = 20.0)]
+        churn: f64,
+        /// Share of messages sent to groups (the rest go to 1:1 conversations).
+        #[arg(long, default_value_t = 0.2)]
+        group_share: f64,
+        /// Message frame size in bytes.
+        #[arg(long, default_value_t = 200)]
+        payload: usize,
+        /// Port of the private Redis each run starts (and restarts).
+        #[arg(long, default_value_t = 6390)]
+        redis_port: u16,
+        /// `--presence-cache-ms` of the simulated nodes.
+        #[arg(long, default_value_t = 1000)]
+        presence_cache_ms: u64,
+        /// Internal: this child runs one `mode:nodes`.
+        #[arg(long, hide = true)]
+        one: Option<String>,
+    },
 }
 
 struct Resolved {
@@ -218,6 +261,37 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
+        Cmd::Fleet {
+            modes,
+            nodes,
+            users,
+            rate,
+            duration,
+            churn,
+            group_share,
+            payload,
+            redis_port,
+            presence_cache_ms,
+            one,
+        } => {
+            if users < 100 || rate <= 0.0 || !(0.0..=1.0).contains(&group_share) || nodes.contains(&0) {
+                return Err("fleet needs --users >= 100, --rate > 0, --group-share in 0..1 and nodes >= 1".into());
+            }
+            let opts = fleet::FleetOpts {
+                modes,
+                nodes,
+                users,
+                rate,
+                duration: Duration::from_secs(duration),
+                churn,
+                group_share,
+                payload,
+                redis_port,
+                presence_cache_ms,
+                one,
+            };
+            fleet::run(opts).await
+        }
         Cmd::Chat { common, pairs, group_size, rate, duration, warmup, ack, max_backlog, linger, content_bytes } => {
             let r = resolve(&common)?;
             if group_size < 2 || pairs == 0 || rate <= 0.0 {

@@ -66,8 +66,7 @@ pub async fn info(state: &Arc<AppState>) -> Reply {
         "version": env!("CARGO_PKG_VERSION"),
         "phase": state.lifecycle.phase().as_str(),
         "sessions": state.hub.session_count(),
-        // Messages are routed by group channel (`group:{id}`); per-user routing is not built.
-        "routing": "group",
+        "routing": state.config.routing.name(),
         "token_mode": state.tokens.is_some(),
         "backends": {
             "store": backend("store", store),

@@ -69,6 +69,16 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             };
             ("/users/{id}/groups", reply.await)
         }
+        (Listener::Public, &Method::GET, ["users", id, "presence"]) => {
+            let reply = async {
+                let user = path_id(id, "user")?;
+                // In token mode any signed-in user may see anyone's presence, as in a chat
+                // client's contact list; anonymous callers may not.
+                query_caller(&state, &req)?;
+                users::presence(&state, user).await.map(ok_json)
+            };
+            ("/users/{id}/presence", reply.await)
+        }
         (Listener::Public, &Method::GET, ["groups", id, "messages"]) => {
             let reply = async {
                 let group = path_id(id, "group")?;
@@ -101,7 +111,11 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
         }
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
         (Listener::Public, _, ["" | "openapi.yaml" | "register" | "create_group" | "send_message" | "users"])
-        | (Listener::Public, _, ["users", _] | ["users", _, "groups"] | ["groups", _, "messages"] | ["ws", _])
+        | (
+            Listener::Public,
+            _,
+            ["users", _] | ["users", _, "groups" | "presence"] | ["groups", _, "messages"] | ["ws", _],
+        )
         | (Listener::Admin, _, ["admin", "drain" | "publish" | "token" | "info"])
         | (_, _, ["healthz" | "readyz" | "metrics"]) => (
             "method_not_allowed",

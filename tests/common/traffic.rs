@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Workload {
     pub checker: Checker,
+    /// Every user of the workload, each with one reconnecting session.
+    pub users: Vec<i64>,
     /// Sockets dropped by the client on purpose (chaos) or closed by a server.
     pub reconnects: Arc<AtomicU64>,
     /// Connections established (first ones included).
@@ -93,7 +95,18 @@ impl Workload {
                 senders.push(tokio::spawn(s.run()));
             }
         }
-        Workload { checker, reconnects, connects, going_away, chaos, stop_senders, stop_receivers, senders, receivers }
+        Workload {
+            checker,
+            users,
+            reconnects,
+            connects,
+            going_away,
+            chaos,
+            stop_senders,
+            stop_receivers,
+            senders,
+            receivers,
+        }
     }
 
     /// Clients drop their sockets at random while on.
