@@ -73,3 +73,17 @@ done
 
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  backend: ${BACKEND:-mysql}  inbox: $INBOX  pin: ${TASKSET:-none}  commit: $(git rev-parse --short HEAD)"
 target/release/loadgen chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --node-pid "$NODE" ${WATCH:+--watch "$WATCH"} "$@"
+# Where a send's time went (the serial points of docs/benchmarks.md): the send round trip,
+# the wait for its group-commit batch, the batch write, and the batch sizes.
+curl -s "127.0.0.1:$ADMIN/metrics" | awk '
+    function part(name) { return name ~ /_sum/ ? "sum" : "count" }
+    /^switchboard_http_request_duration_seconds_(sum|count)\{route="\/send_message"\}/ { http[part($1)] = $2 }
+    /^switchboard_commit_wait_seconds_(sum|count) / { wait[part($1)] = $2 }
+    /^switchboard_store_query_duration_seconds_(sum|count)\{op="insert_messages"\}/ { ins[part($1)] = $2 }
+    /^switchboard_commit_batch_messages_(sum|count) / { b[part($1)] = $2 }
+    END {
+        f = "serial: send_ms=%.3f commit_wait_ms=%.3f commit_write_ms=%.3f batch_messages=%.1f wait_share=%.2f write_share=%.2f\n"
+        s = http["sum"] / (http["count"] + 1e-9) * 1000; w = wait["sum"] / (wait["count"] + 1e-9) * 1000
+        i = ins["sum"] / (ins["count"] + 1e-9) * 1000; n = b["sum"] / (b["count"] + 1e-9)
+        printf f, s, w, i, n, (s > 0 ? w / s : 0), (s > 0 ? i / s : 0)
+    }'
