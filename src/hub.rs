@@ -4,7 +4,7 @@
 //! A group channel is subscribed once per node, when its first local session joins, and
 //! unsubscribed when its last one leaves (reference counting under the map's entry lock, so
 //! the subscribe/unsubscribe order matches the membership order). Fan-out never awaits: it
-//! `try_send`s into each session's bounded queue and closes a session whose queue is full
+//! pushes into each session's bounded queue and closes a session whose queue is full
 //! with 4008; that client catches up from the store when it reconnects.
 
 use std::collections::HashSet;
@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::backplane::{Backplane, Channel, Envelope, Event};
 use crate::metrics::Metrics;
 use crate::model::{GroupId, MessageId, Seq, UserId};
+use crate::outbox::{Full, Outbox};
 use crate::ws::protocol::close;
 
 /// One message on its way to local sessions; shared by all of them.
@@ -50,42 +50,54 @@ pub enum Outbound {
 pub struct SessionHandle {
     pub id: u64,
     pub user_id: UserId,
-    tx: mpsc::Sender<Outbound>,
-    close: CancellationToken,
+    outbox: Outbox<Outbound>,
     close_code: AtomicU16,
     /// Groups this session is in; `None` once detached, so a late join cannot leak it.
     groups: Mutex<Option<HashSet<GroupId>>>,
 }
 
 impl SessionHandle {
-    pub fn new(id: u64, user_id: UserId, queue: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let handle = SessionHandle {
+    pub fn new(id: u64, user_id: UserId, queue: usize) -> Arc<Self> {
+        Arc::new(SessionHandle {
             id,
             user_id,
-            tx,
-            close: CancellationToken::new(),
+            outbox: Outbox::new(queue),
             close_code: AtomicU16::new(0),
             groups: Mutex::new(Some(HashSet::new())),
-        };
-        (Arc::new(handle), rx)
+        })
     }
 
     /// Queues an item without waiting. A full queue closes the session as a slow consumer;
     /// returns true only for the push that did so.
     pub fn push(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
+        match self.outbox.push(item) {
             Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => self.close(close::SLOW_CONSUMER),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Full) => self.close(close::SLOW_CONSUMER),
         }
+    }
+
+    /// The oldest queued item.
+    pub fn pop(&self) -> Option<Outbound> {
+        self.outbox.pop()
+    }
+
+    /// Wakes the session again if items are left (it handles a bounded batch per wake-up).
+    pub fn rearm(&self) {
+        if !self.outbox.is_empty() {
+            self.outbox.wake();
+        }
+    }
+
+    /// Resolves after a push or a close request (cancel-safe; see [`Outbox::woken`]).
+    pub async fn woken(&self) {
+        self.outbox.woken().await
     }
 
     /// Asks the session to close with `code`; the first code wins. Returns true if this call
     /// set it.
     pub fn close(&self, code: u16) -> bool {
         let first = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        self.close.cancel();
+        self.outbox.wake();
         first
     }
 
@@ -96,13 +108,8 @@ impl SessionHandle {
         }
     }
 
-    /// Resolves when `close` was called (cancel-safe).
-    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
-        self.close.cancelled()
-    }
-
     pub fn is_closed(&self) -> bool {
-        self.close.is_cancelled()
+        self.close_code().is_some()
     }
 }
 
@@ -230,7 +237,7 @@ impl Hub {
             return;
         };
         let delivery = Arc::new(Delivery { message_id, group_id, seq, sender_id, accepted_us, frame });
-        // try_send never awaits, so holding the shard's read guard here is fine.
+        // A push never awaits, so holding the shard's read guard here is fine.
         if let Some(members) = self.groups.get(&group_id) {
             for s in members.iter() {
                 self.push(s, Outbound::Message(delivery.clone()));
@@ -274,8 +281,8 @@ mod tests {
     #[tokio::test]
     async fn one_subscription_per_group_however_many_sessions() {
         let (hub, bus) = hub();
-        let (a, _ra) = SessionHandle::new(1, 10, 4);
-        let (b, _rb) = SessionHandle::new(2, 11, 4);
+        let a = SessionHandle::new(1, 10, 4);
+        let b = SessionHandle::new(2, 11, 4);
         hub.join(&a, &[5]).await;
         hub.join(&b, &[5]).await;
         assert_eq!(hub.groups.get(&5).map(|g| g.len()), Some(2));
@@ -292,7 +299,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_closes_with_4008_and_counts_once() {
         let (hub, _bus) = hub();
-        let (s, _rx) = SessionHandle::new(1, 10, 1);
+        let s = SessionHandle::new(1, 10, 1);
         hub.push(&s, Outbound::Resync);
         assert!(!s.is_closed());
         hub.push(&s, Outbound::Resync);

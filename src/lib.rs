@@ -12,8 +12,8 @@
 //!   MongoDB or a SQL table (trait `Inbox`), and the recorder that writes them in batches.
 //! - [`backplane`]: pub/sub between nodes over Redis or in-process (trait `Backplane`).
 //! - [`hub`]: the node's local sessions and reference-counted group subscriptions; fans
-//!   backplane events out to session queues without ever awaiting a slow socket.
-//! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
+//!   backplane events out to session queues ([`outbox`]) without ever awaiting a slow socket.
+//! - [`ws`]: the WebSocket endpoint, the session (one task each) and protocol frames.
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
 //! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode and
@@ -44,6 +44,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod store;
 pub mod tls;
 pub mod web;

@@ -4,6 +4,7 @@
 mod coalesce;
 mod cursor;
 pub mod protocol;
+mod reader;
 mod session;
 
 use std::sync::Arc;
