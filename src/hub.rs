@@ -113,10 +113,18 @@ impl SessionHandle {
     }
 }
 
+/// Users whose groups are remembered before the memory starts over.
+const KNOWN_GROUP_USERS: usize = 200_000;
+
 pub struct Hub {
     backplane: Arc<dyn Backplane>,
     users: DashMap<UserId, Vec<Arc<SessionHandle>>>,
     groups: DashMap<GroupId, Vec<Arc<SessionHandle>>>,
+    /// Groups each user was seen to be in, so a reconnecting session can subscribe them
+    /// before reading anything. Membership never changes once a group exists, so a known
+    /// group is never wrong; a group not known yet is found by the session's heads read
+    /// after its subscriptions (docs/delivery.md). Bounded; starts over when full.
+    known_groups: DashMap<UserId, Box<[GroupId]>>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
 }
@@ -127,6 +135,7 @@ impl Hub {
             backplane,
             users: DashMap::new(),
             groups: DashMap::new(),
+            known_groups: DashMap::new(),
             metrics,
             next_session: AtomicU64::new(1),
         })
@@ -140,20 +149,32 @@ impl Hub {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a session under its user and waits until the node is subscribed to the
-    /// user's channel, so that no later `group_joined` can be missed.
-    pub async fn attach(&self, s: &Arc<SessionHandle>) {
-        {
-            let mut sessions = self.users.entry(s.user_id).or_default();
-            if sessions.is_empty() {
-                self.backplane.subscribe(Channel::User(s.user_id));
-            }
-            sessions.push(s.clone());
+    /// Registers a session under its user, subscribing the user's channel if it is the
+    /// first here. The session's next [`Hub::join`] waits for that subscription too, so one
+    /// confirmation round trip covers the user channel and the groups.
+    pub fn attach(&self, s: &Arc<SessionHandle>) {
+        let mut sessions = self.users.entry(s.user_id).or_default();
+        if sessions.is_empty() {
+            self.backplane.subscribe(Channel::User(s.user_id));
         }
-        self.backplane.barrier().await;
+        sessions.push(s.clone());
     }
 
-    /// Adds a session to groups and waits until every new group channel is confirmed.
+    /// The groups `user` is known to be in (maybe not all of them).
+    pub fn known_groups(&self, user: UserId) -> Vec<GroupId> {
+        self.known_groups.get(&user).map(|g| g.to_vec()).unwrap_or_default()
+    }
+
+    /// Remembers the groups `user` was read to be in.
+    pub fn remember_groups(&self, user: UserId, groups: &[GroupId]) {
+        if self.known_groups.len() >= KNOWN_GROUP_USERS {
+            self.known_groups.clear();
+        }
+        self.known_groups.insert(user, groups.into());
+    }
+
+    /// Adds a session to groups and waits until every channel subscribed before this call
+    /// (the new groups', its user's) is confirmed.
     pub async fn join(&self, s: &Arc<SessionHandle>, groups: &[GroupId]) {
         {
             let Ok(mut mine) = s.groups.lock() else {
@@ -249,6 +270,11 @@ impl Hub {
         let Some(Envelope::Joined { group_id, frame }) = Envelope::decode(payload) else {
             return;
         };
+        if let Some(mut known) = self.known_groups.get_mut(&user)
+            && !known.contains(&group_id)
+        {
+            *known = known.iter().copied().chain([group_id]).collect();
+        }
         let Some(sessions) = self.users.get(&user).map(|s| s.clone()) else {
             return;
         };

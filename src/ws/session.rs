@@ -120,15 +120,15 @@ impl Session {
             };
             let step = match wake {
                 Wake::Queue if self.handle.is_closed() => return Box::pin(self.close_requested()).await,
-                Wake::Queue => self.outbound_batch().await.map(|()| None),
+                Wake::Queue => Box::pin(self.outbound_batch()).await.map(|()| None),
                 Wake::Readable => {
-                    let step = self.incoming(silence.deadline()).await;
+                    let step = Box::pin(self.incoming(silence.deadline())).await;
                     silence.as_mut().reset(Instant::now() + timeout);
                     step
                 }
                 Wake::Silent => {
                     self.state.metrics.heartbeat_timeouts.inc();
-                    Ok(Some(self.close_with(close::HEARTBEAT_TIMEOUT).await))
+                    Ok(Some(Box::pin(self.close_with(close::HEARTBEAT_TIMEOUT)).await))
                 }
                 Wake::Gap => Box::pin(self.fill_holes()).await.map(|()| None),
             };
@@ -148,7 +148,7 @@ impl Session {
     /// Hub registration, group subscriptions, hello, catch-up. Ok(false) if the session
     /// was asked to close meanwhile.
     async fn start(&mut self) -> Result<bool, WebSocketError> {
-        self.state.hub.attach(&self.handle).await;
+        self.state.hub.attach(&self.handle);
         let Some(heads) = self.subscribe_groups().await else { return Ok(false) };
         // Only a group with messages can have anything to catch up on.
         let positions = if heads.iter().any(|(_, head)| *head > 0) {
@@ -177,20 +177,26 @@ impl Session {
         Ok(!self.handle.is_closed())
     }
 
-    /// Subscribes the user's groups, then reads their heads again: a message committed
-    /// after that read is published after the subscription was confirmed, so it arrives
-    /// live, and one committed before it is below the head the catch-up reads up to. A
-    /// group that appeared in between is subscribed in turn.
+    /// Subscribes the user's groups, then reads their heads: a message committed after that
+    /// read is published after the subscription was confirmed, so it arrives live, and one
+    /// committed before it is below the head the catch-up reads up to. The groups subscribed
+    /// first are the ones the node already knows for the user (none on a first visit); a
+    /// group the read finds beyond them is subscribed in turn and the heads read again.
+    /// The first join also confirms the user channel `attach` subscribed, before any read,
+    /// so a group created after a read is announced to this session.
     async fn subscribe_groups(&mut self) -> Option<Vec<(GroupId, Seq)>> {
-        let mut joined: Vec<GroupId> = Vec::new();
+        let user = self.handle.user_id;
+        let mut joined = self.state.hub.known_groups(user);
+        self.state.hub.join(&self.handle, &joined).await;
         loop {
             let heads = self.heads().await?;
             let new: Vec<GroupId> = heads.iter().map(|(g, _)| *g).filter(|g| !joined.contains(g)).collect();
-            if heads.is_empty() || (new.is_empty() && !joined.is_empty()) {
+            if new.is_empty() {
                 return Some(heads);
             }
             self.state.hub.join(&self.handle, &new).await;
             joined.extend(new);
+            self.state.hub.remember_groups(user, &joined);
         }
     }
 
