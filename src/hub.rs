@@ -323,6 +323,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn known_groups_grow_with_announcements() {
+        let (hub, _bus) = hub();
+        assert!(hub.known_groups(10).is_empty());
+        hub.remember_groups(10, &[1, 2]);
+        let joined = Envelope::Joined { group_id: 3, frame: Bytes::from_static(b"{}") }.encode();
+        hub.joined(10, joined.clone());
+        hub.joined(10, joined);
+        assert_eq!(hub.known_groups(10), vec![1, 2, 3]);
+        // A user never read stays unknown: an announcement alone is not the full list.
+        hub.joined(11, Envelope::Joined { group_id: 3, frame: Bytes::from_static(b"{}") }.encode());
+        assert!(hub.known_groups(11).is_empty());
+    }
+
+    #[tokio::test]
     async fn full_queue_closes_with_4008_and_counts_once() {
         let (hub, _bus) = hub();
         let s = SessionHandle::new(1, 10, 1);
