@@ -27,6 +27,7 @@ use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
+use crate::ws::HandshakeReads;
 use crate::ws::protocol::close;
 
 /// Everything a request handler or session needs, shared by reference count.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Writes delivery positions in coalesced batches.
     pub recorder: Recorder,
+    /// The handshake's heads and positions reads, batched across concurrent handshakes.
+    pub reads: HandshakeReads,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
     /// Every WebSocket session task; the drain waits on it.
@@ -95,6 +98,7 @@ impl App {
         tokio::spawn(hub.clone().run(events_rx));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
+        let reads = HandshakeReads::spawn(store.clone(), inbox.clone());
         let commits = Commits::spawn(store.clone(), backplane, shards);
         let tokens = config
             .token_secret
@@ -110,6 +114,7 @@ impl App {
             inbox,
             hub,
             recorder,
+            reads,
             metrics,
             lifecycle: Lifecycle::new(),
             sessions: TaskTracker::new(),

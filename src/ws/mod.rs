@@ -5,7 +5,10 @@ mod coalesce;
 mod cursor;
 pub mod protocol;
 mod reader;
+mod reads;
 mod session;
+
+pub use reads::HandshakeReads;
 
 use std::sync::Arc;
 

@@ -152,7 +152,7 @@ impl Session {
         let Some(heads) = self.subscribe_groups().await else { return Ok(false) };
         // Only a group with messages can have anything to catch up on.
         let positions = if heads.iter().any(|(_, head)| *head > 0) {
-            match self.state.inbox.positions(self.handle.user_id).await {
+            match self.state.reads.positions(self.handle.user_id).await {
                 Ok(positions) => positions,
                 Err(e) => return Ok(self.backend_failed("positions", &e)),
             }
@@ -203,7 +203,7 @@ impl Session {
     /// The user's groups with their last sequence numbers; `None` (and a 1011 close) when
     /// the store cannot say.
     async fn heads(&mut self) -> Option<Vec<(GroupId, Seq)>> {
-        match self.state.store.user_group_heads(self.handle.user_id).await {
+        match self.state.reads.heads(self.handle.user_id).await {
             Ok(heads) => Some(heads),
             Err(e) => {
                 self.backend_failed("groups", &e);
@@ -306,7 +306,7 @@ impl Session {
     async fn resync(&mut self) -> Result<(), WebSocketError> {
         let Some(heads) = self.subscribe_groups().await else { return Ok(()) };
         if heads.iter().any(|(g, _)| !self.cursors.is_tracked(*g)) {
-            let positions = match self.state.inbox.positions(self.handle.user_id).await {
+            let positions = match self.state.reads.positions(self.handle.user_id).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.backend_failed("positions", &e);
