@@ -5,7 +5,10 @@
 #   loadtest/connection-cost.sh connections 19000      # idle sessions with heartbeats
 #   loadtest/connection-cost.sh storm 19000            # reconnect storm
 #   MONGO=1 loadtest/connection-cost.sh connections 10000   # positions in a private stand-in
+#   NODES=6 LOADGEN_FLAGS="--procs 6 --sources 127.0.0.1,...,127.0.0.6" \
+#       loadtest/connection-cost.sh connections 100000        # spread over 6 nodes
 #
+# With NODES > 1 every node's RSS, sessions and CPU are printed every 5 s.
 # Extra loadgen flags go in LOADGEN_FLAGS. Output: stdout (tee it into loadtest/results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +17,8 @@ db=${DB:-switchboard_cost}
 redis_port=${REDIS_PORT:-6394} mongo_port=${MONGO_PORT:-27019}
 port=${PORT:-18841} admin=${ADMIN_PORT:-19841}
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# The node first, then its backends, so it does not log their disappearance.
+cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; sleep 0.2; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 redis-server --port "$redis_port" --save '' --appendonly no --daemonize no >/dev/null &
@@ -31,15 +35,41 @@ if [[ -n ${MONGO:-} ]]; then
     sleep 2
 fi
 sleep 0.5
-env RUST_LOG=warn DATABASE_URL="mysql://root@127.0.0.1:3306/$db" REDIS_URL="redis://127.0.0.1:$redis_port" \
-    "${env_mongo[@]}" target/release/switchboard --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --node-id cost1 --send-rate 100000 &
-node=$!
-pids+=($node)
-for _ in $(seq 50); do curl -sf "127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.2; done
-watch=$(pgrep -d, -x mariadbd || true),$(pgrep -f "redis-server .*:$redis_port" | head -1)
+nodes=()
+for ((i = 0; i < ${NODES:-1}; i++)); do
+    env RUST_LOG=warn DATABASE_URL="mysql://root@127.0.0.1:3306/$db" REDIS_URL="redis://127.0.0.1:$redis_port" \
+        "${env_mongo[@]}" target/release/switchboard --listen "127.0.0.1:$((port + i))" \
+        --admin-listen "127.0.0.1:$((admin + i))" --node-id "cost$i" --send-rate 100000 &
+    nodes+=($!)
+    pids+=($!)
+done
+node=${nodes[0]}
+targets=$(for ((i = 0; i < ${#nodes[@]}; i++)); do printf '127.0.0.1:%d,' $((port + i)); done)
+admins=$(for ((i = 0; i < ${#nodes[@]}; i++)); do printf '127.0.0.1:%d,' $((admin + i)); done)
+for ((i = 0; i < ${#nodes[@]}; i++)); do
+    for _ in $(seq 50); do curl -sf "127.0.0.1:$((admin + i))/readyz" >/dev/null && break; sleep 0.2; done
+done
+if ((${#nodes[@]} > 1)); then
+    (
+        declare -A last
+        while sleep 5; do
+            line="nodes $(date +%T):"
+            for ((i = 0; i < ${#nodes[@]}; i++)); do
+                p=${nodes[i]}
+                rss=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+                ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+                cpu=$(awk -v a="${last[$p]:-$ticks}" -v b="$ticks" 'BEGIN {printf "%.2f", (b - a) / 100 / 5}')
+                last[$p]=$ticks
+                conns=$(curl -s "127.0.0.1:$((admin + i))/metrics" | awk '/^switchboard_ws_connections / {print $2}')
+                line+=" [$i rss=$((rss / 1024))MiB sessions=${conns:-?} cpu=$cpu]"
+            done
+            echo "$line"
+        done
+    ) &
+    pids+=($!)
+fi
 echo "== $mode count=$count $(git rev-parse --short HEAD) $(date +%T) load: $(cut -d' ' -f1-3 /proc/loadavg)"
-common=(--target "127.0.0.1:$port" --admin "127.0.0.1:$admin" --node-pid "$node" --watch "$watch"
+common=(--target "${targets%,}" --admin "${admins%,}" --node-pid "$node" --watch "$watch"
     --users-file "target/loadgen/cost-$mode-$count.users")
 case $mode in
 connections)
