@@ -27,6 +27,7 @@ use super::coalesce::Coalesce;
 use super::cursor::{Cursors, Offer};
 use super::protocol::{self, ClientFrame, MAX_ACK_IDS, close};
 use super::reader::{FrameReader, Incoming};
+use super::reads::CatchUp;
 use crate::app::AppState;
 use crate::hub::{Delivery, Outbound, SessionHandle};
 use crate::model::{GroupId, Message, Seq, UserId, now_ms, now_us};
@@ -226,7 +227,8 @@ impl Session {
         let cfg = &self.state.config;
         let (limit, since) = (cfg.replay_limit, now_ms() - cfg.inbox_ttl as i64 * 1000);
         while !from.is_empty() {
-            let page = match self.state.store.messages_after(&from, since, limit).await {
+            let read = CatchUp { after: from.clone(), since_ms: since, limit };
+            let page = match self.state.reads.catch_up(read).await {
                 Ok(page) => page,
                 Err(e) => {
                     self.backend_failed("catch-up", &e);
