@@ -9,7 +9,7 @@
 #       loadtest/connection-cost.sh connections 100000        # spread over 6 nodes
 #
 # With NODES > 1 every node's RSS, sessions and CPU are printed every 5 s.
-# Extra loadgen flags go in LOADGEN_FLAGS. Output: stdout (tee it into loadtest/results/).
+# Extra loadgen flags go in LOADGEN_FLAGS; NODE_BIN runs another build of the node. Output: stdout (tee it into loadtest/results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?connections|storm} count=${2:?count}
@@ -38,7 +38,7 @@ sleep 0.5
 nodes=()
 for ((i = 0; i < ${NODES:-1}; i++)); do
     env RUST_LOG=warn DATABASE_URL="mysql://root@127.0.0.1:3306/$db" REDIS_URL="redis://127.0.0.1:$redis_port" \
-        "${env_mongo[@]}" target/release/switchboard --listen "127.0.0.1:$((port + i))" \
+        "${env_mongo[@]}" "${NODE_BIN:-target/release/switchboard}" --listen "127.0.0.1:$((port + i))" \
         --admin-listen "127.0.0.1:$((admin + i))" --node-id "cost$i" --send-rate 100000 &
     nodes+=($!)
     pids+=($!)

@@ -50,7 +50,11 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     // The session reads through its own FrameReader, so fastwebsockets' reader (and its
     // 8 KiB buffer) is dropped here; only its writer is kept.
     let (read, write) = tokio::io::split(ws.into_inner());
-    let (_, write) = fastwebsockets::after_handshake_split(tokio::io::empty(), Coalesce::new(write), Role::Server);
+    let (_, mut write) = fastwebsockets::after_handshake_split(tokio::io::empty(), Coalesce::new(write), Role::Server);
+    // Every frame with a payload goes out as header + payload into the Coalesce buffer,
+    // which is freed after each flush; below the threshold fastwebsockets would first copy
+    // the frame into a staging vector that it keeps for the life of the connection.
+    write.set_writev_threshold(0);
     let handle = SessionHandle::new(state.hub.next_session_id(), user_id, state.config.session_queue);
     let metrics = &state.metrics;
     metrics.ws_connects.inc();
