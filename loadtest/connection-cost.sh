@@ -5,7 +5,7 @@
 #   loadtest/connection-cost.sh connections 19000      # idle sessions with heartbeats
 #   loadtest/connection-cost.sh storm 19000            # reconnect storm
 #   MONGO=1 loadtest/connection-cost.sh connections 10000   # positions in a private stand-in
-#   NODES=6 LOADGEN_FLAGS="--procs 6 --sources 127.0.0.1,...,127.0.0.6" \
+#   NODES=6 PROCS=6 LOADGEN_FLAGS="--sources 127.0.0.1,...,127.0.0.6" \
 #       loadtest/connection-cost.sh connections 100000        # spread over 6 nodes
 #
 # With NODES > 1 every node's RSS, sessions and CPU are printed every 5 s.
@@ -18,7 +18,7 @@ redis_port=${REDIS_PORT:-6394} mongo_port=${MONGO_PORT:-27019}
 port=${PORT:-18841} admin=${ADMIN_PORT:-19841}
 pids=()
 # The node first, then its backends, so it does not log their disappearance.
-cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; sleep 0.2; done; wait 2>/dev/null || true; }
+cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null && wait "${pids[i]}" 2>/dev/null; done; true; }
 trap cleanup EXIT
 
 redis-server --port "$redis_port" --save '' --appendonly no --daemonize no >/dev/null &
@@ -68,16 +68,18 @@ if ((${#nodes[@]} > 1)); then
     ) &
     pids+=($!)
 fi
+watch=$(pgrep -d, -x mariadbd || true),$(pgrep -f "redis-server .*:$redis_port" | head -1)
+if [[ -n ${MONGO:-} ]]; then watch+=,$(pgrep -f "secantusd-py .*--port $mongo_port" | head -1); fi
 echo "== $mode count=$count $(git rev-parse --short HEAD) $(date +%T) load: $(cut -d' ' -f1-3 /proc/loadavg)"
 common=(--target "${targets%,}" --admin "${admins%,}" --node-pid "$node" --watch "$watch"
     --users-file "target/loadgen/cost-$mode-$count.users")
 case $mode in
 connections)
-    target/release/loadgen connections "${common[@]}" --count "$count" --procs 2 --ramp 64 --hold 20 \
+    target/release/loadgen connections "${common[@]}" --count "$count" --procs "${PROCS:-2}" --ramp 64 --hold 20 \
         --heartbeat ${LOADGEN_FLAGS:-}
     ;;
 storm)
-    target/release/loadgen storm "${common[@]}" --count "$count" --procs 2 --ramp 64 --group-size 10 \
+    target/release/loadgen storm "${common[@]}" --count "$count" --procs "${PROCS:-2}" --ramp 64 --group-size 10 \
         --missed 1 --recover-timeout 60 ${LOADGEN_FLAGS:-}
     ;;
 esac

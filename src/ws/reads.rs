@@ -1,6 +1,7 @@
 //! The reads of a session's handshake, batched across concurrent handshakes.
 //!
-//! Every handshake reads its user's group heads (after its subscriptions are confirmed),
+//! Every handshake checks that its user exists (before the upgrade; known users come from
+//! the store's cache), reads its user's group heads (after its subscriptions are confirmed),
 //! when a group has messages its positions, and when a group passed its position the
 //! catch-up. In a reconnect storm thousands of sessions do this at once, and each statement
 //! costs the database far more than each row, so a read queues and one worker per kind
@@ -51,6 +52,7 @@ pub struct CatchUp {
 }
 
 pub struct HandshakeReads {
+    exists: Batcher<UserId, Result<bool, ReadError>>,
     heads: Batcher<UserId, Result<Heads, ReadError>>,
     positions: Batcher<UserId, Result<Positions, ReadError>>,
     catch_ups: Batcher<CatchUp, Result<Vec<Message>, ReadError>>,
@@ -59,6 +61,14 @@ pub struct HandshakeReads {
 impl HandshakeReads {
     pub fn spawn(store: Arc<dyn Store>, inbox: Arc<dyn Inbox>) -> Self {
         let store_for_catch_up = store.clone();
+        let store_for_users = store.clone();
+        let exists = Batcher::spawn(BATCH, 1, move |ids: Vec<UserId>| {
+            let store = store_for_users.clone();
+            async move {
+                let found = store.users(&ids).await.map(|users| users.into_iter().map(|u| (u.user_id, true)).collect());
+                per_user(&ids, found)
+            }
+        });
         let heads = Batcher::spawn(BATCH, 1, move |users: Vec<UserId>| {
             let store = store.clone();
             async move { per_user(&users, store.group_heads(&users).await) }
@@ -71,7 +81,12 @@ impl HandshakeReads {
             let store = store_for_catch_up.clone();
             async move { catch_ups(&*store, reads).await }
         });
-        HandshakeReads { heads, positions, catch_ups }
+        HandshakeReads { exists, heads, positions, catch_ups }
+    }
+
+    /// Whether the user exists.
+    pub async fn user_exists(&self, user: UserId) -> Result<bool, ReadError> {
+        self.exists.submit(0, user).await.unwrap_or_else(|| Err(stopped()))
     }
 
     /// The user's groups with their last sequence numbers.
