@@ -47,13 +47,34 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// A TCP connection to `addr`, from `source` (port chosen by the kernel) when given.
+/// Local ports the tool binds its sockets to, when it chooses them.
+const PORTS: std::ops::Range<u32> = 20_000..65_000;
+
+/// The next local port to try; processes start at different places (their pid).
+fn next_port() -> u16 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919)));
+    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (PORTS.start + n % (PORTS.end - PORTS.start)) as u16
+}
+
+/// A TCP connection to `addr`, from `source` when given. The tool picks the source port
+/// itself: with tens of thousands of sockets bound to one address, the kernel's search for
+/// a free port on `bind(ip, 0)` takes most of the machine (system time). A port in use (by
+/// another socket, another load process, or a connection in TIME_WAIT) is skipped.
 pub async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let stream = match source {
         None => TcpStream::connect(addr).await?,
         Some(ip) => {
-            let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-            socket.bind(SocketAddr::new(ip, 0))?;
+            let mut tries = 0;
+            let socket = loop {
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                match socket.bind(SocketAddr::new(ip, next_port())) {
+                    Ok(()) => break socket,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 1000 => tries += 1,
+                    Err(e) => return Err(e),
+                }
+            };
             socket.connect(addr).await?
         }
     };
