@@ -5,7 +5,7 @@
 #   loadtest/connection-cost.sh connections 19000      # idle sessions with heartbeats
 #   loadtest/connection-cost.sh storm 19000            # reconnect storm
 #   MONGO=1 loadtest/connection-cost.sh connections 10000   # positions in a private stand-in
-#   NODES=6 PROCS=6 LOADGEN_FLAGS="--sources 127.0.0.1,...,127.0.0.6" \
+#   NODES=6 PROCS=6 LOADGEN_FLAGS="--sources 127.0.0.2,...,127.0.0.7" \
 #       loadtest/connection-cost.sh connections 100000        # spread over 6 nodes
 #
 # With NODES > 1 every node's RSS, sessions and CPU are printed every 5 s.
@@ -18,7 +18,11 @@ redis_port=${REDIS_PORT:-6394} mongo_port=${MONGO_PORT:-27019}
 port=${PORT:-18841} admin=${ADMIN_PORT:-19841}
 pids=()
 # The node first, then its backends, so it does not log their disappearance.
-cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null && wait "${pids[i]}" 2>/dev/null; done; true; }
+cleanup() {
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[i]}" 2>/dev/null && wait "${pids[i]}" 2>/dev/null || true
+    done
+}
 trap cleanup EXIT
 
 redis-server --port "$redis_port" --save '' --appendonly no --daemonize no >/dev/null &
@@ -60,7 +64,7 @@ if ((${#nodes[@]} > 1)); then
                 ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
                 cpu=$(awk -v a="${last[$p]:-$ticks}" -v b="$ticks" 'BEGIN {printf "%.2f", (b - a) / 100 / 5}')
                 last[$p]=$ticks
-                conns=$(curl -s "127.0.0.1:$((admin + i))/metrics" | awk '/^switchboard_ws_connections / {print $2}')
+                conns=$(curl -s -m 2 "127.0.0.1:$((admin + i))/metrics" | awk '/^switchboard_ws_connections / {print $2}' || true)
                 line+=" [$i rss=$((rss / 1024))MiB sessions=${conns:-?} cpu=$cpu]"
             done
             echo "$line"

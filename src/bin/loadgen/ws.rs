@@ -47,21 +47,35 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Local ports the tool binds its sockets to, when it chooses them.
-const PORTS: std::ops::Range<u32> = 20_000..65_000;
+/// The ports below the kernel's ephemeral range. A port bound explicitly is withheld from
+/// every process's outgoing connections (the kernel's `connect()` skips ports that have a
+/// bind bucket), so taking tens of thousands of ephemeral ports would starve the nodes'
+/// connections to their backends, and anyone else's on the machine. Below the range only a
+/// listener on a wildcard address and the same port would be in the way.
+fn source_ports() -> std::ops::Range<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    match range.split_whitespace().next().map(str::parse::<u32>) {
+        Some(Ok(lo)) if lo > 10_000 => 1024..lo,
+        _ => 1024..32768,
+    }
+}
 
 /// The next local port to try; processes start at different places (their pid).
 fn next_port() -> u16 {
-    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
-    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919)));
+    static PORTS: std::sync::OnceLock<(std::ops::Range<u32>, std::sync::atomic::AtomicU32)> =
+        std::sync::OnceLock::new();
+    let (range, next) = PORTS
+        .get_or_init(|| (source_ports(), std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919))));
     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    (PORTS.start + n % (PORTS.end - PORTS.start)) as u16
+    (range.start + n % (range.end - range.start)) as u16
 }
 
 /// A TCP connection to `addr`, from `source` when given. The tool picks the source port
 /// itself: with tens of thousands of sockets bound to one address, the kernel's search for
 /// a free port on `bind(ip, 0)` takes most of the machine (system time). A port in use (by
-/// another socket, another load process, or a connection in TIME_WAIT) is skipped.
+/// another socket, another load process, a connection in TIME_WAIT or a listener) is
+/// skipped. Source addresses other than 127.0.0.1 (`--sources 127.0.0.2,...`) keep clear of
+/// the ports of services listening on 127.0.0.1.
 pub async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let stream = match source {
         None => TcpStream::connect(addr).await?,
