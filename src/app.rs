@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::routing::{self, Presence, StoreDirectory};
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
+use crate::ws::HandshakeReads;
 use crate::ws::protocol::close;
 
 /// Everything a request handler or session needs, shared by reference count.
@@ -39,6 +40,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Writes delivery positions in coalesced batches.
     pub recorder: Recorder,
+    /// The handshake's heads and positions reads, batched across concurrent handshakes.
+    pub reads: HandshakeReads,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
     /// Every WebSocket session task; the drain waits on it.
@@ -128,6 +131,7 @@ impl App {
         tokio::spawn(hub.clone().run(events_rx, lanes));
         let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
+        let reads = HandshakeReads::spawn(store.clone(), inbox.clone());
         let commit_interval = Duration::from_micros(config.commit_interval_us);
         let commits = Commits::spawn(store.clone(), backplane, shards, commit_interval, metrics.clone());
         let tokens = config
@@ -145,6 +149,7 @@ impl App {
             inbox,
             hub,
             recorder,
+            reads,
             metrics,
             lifecycle: Lifecycle::new(),
             sessions: TaskTracker::new(),

@@ -4,7 +4,7 @@
 //! A group channel is subscribed once per node, when its first local session joins, and
 //! unsubscribed when its last one leaves (reference counting under the map's entry lock, so
 //! the subscribe/unsubscribe order matches the membership order). Fan-out never awaits: it
-//! `try_send`s into each session's bounded queue and closes a session whose queue is full
+//! pushes into each session's bounded queue and closes a session whose queue is full
 //! with 4008; that client catches up from the store when it reconnects.
 
 use std::collections::HashSet;
@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::backplane::{Backplane, Channel, Envelope, Event};
 use crate::metrics::Metrics;
 use crate::model::{GroupId, MessageId, Seq, UserId};
+use crate::outbox::{Full, Outbox};
 use crate::ws::protocol::close;
 
 /// One message on its way to local sessions; shared by all of them.
@@ -50,42 +50,54 @@ pub enum Outbound {
 pub struct SessionHandle {
     pub id: u64,
     pub user_id: UserId,
-    tx: mpsc::Sender<Outbound>,
-    close: CancellationToken,
+    outbox: Outbox<Outbound>,
     close_code: AtomicU16,
     /// Groups this session is in; `None` once detached, so a late join cannot leak it.
     groups: Mutex<Option<HashSet<GroupId>>>,
 }
 
 impl SessionHandle {
-    pub fn new(id: u64, user_id: UserId, queue: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let handle = SessionHandle {
+    pub fn new(id: u64, user_id: UserId, queue: usize) -> Arc<Self> {
+        Arc::new(SessionHandle {
             id,
             user_id,
-            tx,
-            close: CancellationToken::new(),
+            outbox: Outbox::new(queue),
             close_code: AtomicU16::new(0),
             groups: Mutex::new(Some(HashSet::new())),
-        };
-        (Arc::new(handle), rx)
+        })
     }
 
     /// Queues an item without waiting. A full queue closes the session as a slow consumer;
     /// returns true only for the push that did so.
     pub fn push(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
+        match self.outbox.push(item) {
             Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => self.close(close::SLOW_CONSUMER),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Full) => self.close(close::SLOW_CONSUMER),
         }
+    }
+
+    /// The oldest queued item.
+    pub fn pop(&self) -> Option<Outbound> {
+        self.outbox.pop()
+    }
+
+    /// Wakes the session again if items are left (it handles a bounded batch per wake-up).
+    pub fn rearm(&self) {
+        if !self.outbox.is_empty() {
+            self.outbox.wake();
+        }
+    }
+
+    /// Resolves after a push or a close request (cancel-safe; see [`Outbox::woken`]).
+    pub async fn woken(&self) {
+        self.outbox.woken().await
     }
 
     /// Asks the session to close with `code`; the first code wins. Returns true if this call
     /// set it.
     pub fn close(&self, code: u16) -> bool {
         let first = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        self.close.cancel();
+        self.outbox.wake();
         first
     }
 
@@ -96,20 +108,23 @@ impl SessionHandle {
         }
     }
 
-    /// Resolves when `close` was called (cancel-safe).
-    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
-        self.close.cancelled()
-    }
-
     pub fn is_closed(&self) -> bool {
-        self.close.is_cancelled()
+        self.close_code().is_some()
     }
 }
+
+/// Users whose groups are remembered before the memory starts over.
+const KNOWN_GROUP_USERS: usize = 200_000;
 
 pub struct Hub {
     backplane: Arc<dyn Backplane>,
     users: DashMap<UserId, Vec<Arc<SessionHandle>>>,
     groups: DashMap<GroupId, Vec<Arc<SessionHandle>>>,
+    /// Groups each user was seen to be in, so a reconnecting session can subscribe them
+    /// before reading anything. Membership never changes once a group exists, so a known
+    /// group is never wrong; a group not known yet is found by the session's heads read
+    /// after its subscriptions (docs/delivery.md). Bounded; starts over when full.
+    known_groups: DashMap<UserId, Box<[GroupId]>>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
 }
@@ -120,6 +135,7 @@ impl Hub {
             backplane,
             users: DashMap::new(),
             groups: DashMap::new(),
+            known_groups: DashMap::new(),
             metrics,
             next_session: AtomicU64::new(1),
         })
@@ -133,20 +149,32 @@ impl Hub {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a session under its user and waits until the node is subscribed to the
-    /// user's channel, so that no later `group_joined` can be missed.
-    pub async fn attach(&self, s: &Arc<SessionHandle>) {
-        {
-            let mut sessions = self.users.entry(s.user_id).or_default();
-            if sessions.is_empty() {
-                self.backplane.subscribe(Channel::User(s.user_id));
-            }
-            sessions.push(s.clone());
+    /// Registers a session under its user, subscribing the user's channel if it is the
+    /// first here. The session's next [`Hub::join`] waits for that subscription too, so one
+    /// confirmation round trip covers the user channel and the groups.
+    pub fn attach(&self, s: &Arc<SessionHandle>) {
+        let mut sessions = self.users.entry(s.user_id).or_default();
+        if sessions.is_empty() {
+            self.backplane.subscribe(Channel::User(s.user_id));
         }
-        self.backplane.barrier().await;
+        sessions.push(s.clone());
     }
 
-    /// Adds a session to groups and waits until every new group channel is confirmed.
+    /// The groups `user` is known to be in (maybe not all of them).
+    pub fn known_groups(&self, user: UserId) -> Vec<GroupId> {
+        self.known_groups.get(&user).map(|g| g.to_vec()).unwrap_or_default()
+    }
+
+    /// Remembers the groups `user` was read to be in.
+    pub fn remember_groups(&self, user: UserId, groups: &[GroupId]) {
+        if self.known_groups.len() >= KNOWN_GROUP_USERS {
+            self.known_groups.clear();
+        }
+        self.known_groups.insert(user, groups.into());
+    }
+
+    /// Adds a session to groups and waits until every channel subscribed before this call
+    /// (the new groups', its user's) is confirmed.
     pub async fn join(&self, s: &Arc<SessionHandle>, groups: &[GroupId]) {
         {
             let Ok(mut mine) = s.groups.lock() else {
@@ -264,7 +292,7 @@ impl Hub {
             return;
         };
         let delivery = Arc::new(Delivery { message_id, group_id, seq, sender_id, accepted_us, frame });
-        // try_send never awaits, so holding the shard's read guard here is fine.
+        // A push never awaits, so holding the shard's read guard here is fine.
         if let Some(members) = self.groups.get(&group_id) {
             for s in members.iter() {
                 self.push(s, Outbound::Message(delivery.clone()));
@@ -276,6 +304,11 @@ impl Hub {
         let Some(Envelope::Joined { group_id, frame }) = Envelope::decode(payload) else {
             return;
         };
+        if let Some(mut known) = self.known_groups.get_mut(&user)
+            && !known.contains(&group_id)
+        {
+            *known = known.iter().copied().chain([group_id]).collect();
+        }
         let Some(sessions) = self.users.get(&user).map(|s| s.clone()) else {
             return;
         };
@@ -314,11 +347,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn fan_out_lanes_keep_each_groups_order() {
         let (hub, _bus, publisher) = hub_with_lanes(4);
-        let mut queues = Vec::new();
+        let mut sessions = Vec::new();
         for (id, group) in [(1, 10), (2, 11), (3, 12), (4, 10)] {
-            let (s, rx) = SessionHandle::new(id, 100 + id as i64, 1024);
+            let s = SessionHandle::new(id, 100 + id as i64, 1024);
             hub.join(&s, &[group]).await;
-            queues.push((s, rx, group));
+            sessions.push((s, group));
         }
         for seq in 1..=200 {
             let batch: Vec<(Channel, Bytes)> = [10, 11, 12]
@@ -336,15 +369,20 @@ mod tests {
                 .collect();
             publisher.publish(&batch).await.expect("publish");
         }
-        for (_s, rx, group) in &mut queues {
+        for (s, group) in &sessions {
             let mut seqs = Vec::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             while seqs.len() < 200 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
-                    Ok(Some(Outbound::Message(d))) => {
+                match s.pop() {
+                    Some(Outbound::Message(d)) => {
                         assert_eq!(d.group_id, *group);
                         seqs.push(d.seq);
                     }
-                    other => panic!("expected a message of group {group}, got {other:?}"),
+                    Some(other) => panic!("expected a message of group {group}, got {other:?}"),
+                    None => {
+                        assert!(tokio::time::Instant::now() < deadline, "group {group}: only {} arrived", seqs.len());
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
                 }
             }
             assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "group {group}");
@@ -354,8 +392,8 @@ mod tests {
     #[tokio::test]
     async fn one_subscription_per_group_however_many_sessions() {
         let (hub, bus) = hub();
-        let (a, _ra) = SessionHandle::new(1, 10, 4);
-        let (b, _rb) = SessionHandle::new(2, 11, 4);
+        let a = SessionHandle::new(1, 10, 4);
+        let b = SessionHandle::new(2, 11, 4);
         hub.join(&a, &[5]).await;
         hub.join(&b, &[5]).await;
         assert_eq!(hub.groups.get(&5).map(|g| g.len()), Some(2));
@@ -370,9 +408,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn known_groups_grow_with_announcements() {
+        let (hub, _bus) = hub();
+        assert!(hub.known_groups(10).is_empty());
+        hub.remember_groups(10, &[1, 2]);
+        let joined = Envelope::Joined { group_id: 3, frame: Bytes::from_static(b"{}") }.encode();
+        hub.joined(10, joined.clone());
+        hub.joined(10, joined);
+        assert_eq!(hub.known_groups(10), vec![1, 2, 3]);
+        // A user never read stays unknown: an announcement alone is not the full list.
+        hub.joined(11, Envelope::Joined { group_id: 3, frame: Bytes::from_static(b"{}") }.encode());
+        assert!(hub.known_groups(11).is_empty());
+    }
+
+    #[tokio::test]
     async fn full_queue_closes_with_4008_and_counts_once() {
         let (hub, _bus) = hub();
-        let (s, _rx) = SessionHandle::new(1, 10, 1);
+        let s = SessionHandle::new(1, 10, 1);
         hub.push(&s, Outbound::Resync);
         assert!(!s.is_closed());
         hub.push(&s, Outbound::Resync);

@@ -14,8 +14,8 @@
 //! - [`routing`]: which channels a node subscribes and publishes on (`--routing group`,
 //!   `node` with its presence store, or `broadcast`), as decorators of the backplane.
 //! - [`hub`]: the node's local sessions and reference-counted group subscriptions; fans
-//!   backplane events out to session queues without ever awaiting a slow socket.
-//! - [`ws`]: the WebSocket endpoint, session reader/writer and protocol frames.
+//!   backplane events out to session queues ([`outbox`]) without ever awaiting a slow socket.
+//! - [`ws`]: the WebSocket endpoint, the session (one task each) and protocol frames.
 //! - [`lifecycle`]: `Starting -> Ready -> Draining -> Stopped` on a watch channel.
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
 //! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode and
@@ -46,6 +46,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod routing;
 pub mod store;
 pub mod tls;

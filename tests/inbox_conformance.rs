@@ -28,21 +28,29 @@ async fn suite(inbox: Arc<dyn Inbox>) {
     the_recorder_coalesces_and_writes_on_its_tick(inbox).await;
 }
 
+/// One user's positions.
+async fn of(inbox: &dyn Inbox, user: i64) -> HashMap<i64, i64> {
+    inbox.positions(&[user]).await.expect("positions").remove(&user).unwrap_or_default()
+}
+
 async fn positions_start_at_zero_and_only_move_forward(inbox: &dyn Inbox) {
-    assert!(inbox.positions(10).await.expect("nobody").is_empty());
+    assert!(of(inbox, 10).await.is_empty());
     inbox.advance(&[at(10, 1, 5), at(10, 2, 3), at(11, 1, 7)]).await.expect("advance");
-    assert_eq!(inbox.positions(10).await.expect("p"), HashMap::from([(1, 5), (2, 3)]));
+    assert_eq!(of(inbox, 10).await, HashMap::from([(1, 5), (2, 3)]));
     // A late or repeated write never moves a position back; a later one moves it on.
     inbox.advance(&[at(10, 1, 4), at(10, 2, 9), at(11, 1, 7)]).await.expect("mixed");
-    assert_eq!(inbox.positions(10).await.expect("p"), HashMap::from([(1, 5), (2, 9)]));
-    assert_eq!(inbox.positions(11).await.expect("p"), HashMap::from([(1, 7)]));
+    assert_eq!(of(inbox, 10).await, HashMap::from([(1, 5), (2, 9)]));
+    assert_eq!(of(inbox, 11).await, HashMap::from([(1, 7)]));
+    // Many users in one read: each gets its own, one without positions is absent.
+    let both = inbox.positions(&[11, 10, 12, 10]).await.expect("many");
+    assert_eq!(both, HashMap::from([(10, HashMap::from([(1, 5), (2, 9)])), (11, HashMap::from([(1, 7)]))]));
 }
 
 async fn large_batches_are_written_whole(inbox: &dyn Inbox) {
     let many: Vec<Position> = (0..2500).map(|u| at(1000 + u, 3, u + 1)).collect();
     inbox.advance(&many).await.expect("bulk");
-    assert_eq!(inbox.positions(1000).await.expect("first"), HashMap::from([(3, 1)]));
-    assert_eq!(inbox.positions(3499).await.expect("last"), HashMap::from([(3, 2500)]));
+    assert_eq!(of(inbox, 1000).await, HashMap::from([(3, 1)]));
+    assert_eq!(of(inbox, 3499).await, HashMap::from([(3, 2500)]));
 }
 
 async fn the_recorder_coalesces_and_writes_on_its_tick(inbox: Arc<dyn Inbox>) {
@@ -54,7 +62,7 @@ async fn the_recorder_coalesces_and_writes_on_its_tick(inbox: Arc<dyn Inbox>) {
     recorder.record(20, 5, 2);
     let want = HashMap::from([(4, 50), (5, 2)]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while inbox.positions(20).await.expect("p") != want {
+    while of(&*inbox, 20).await != want {
         assert!(tokio::time::Instant::now() < deadline, "positions not written within 5 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -63,7 +71,7 @@ async fn the_recorder_coalesces_and_writes_on_its_tick(inbox: Arc<dyn Inbox>) {
     // What is still recorded at shutdown is written by the final flush.
     recorder.record(20, 4, 60);
     recorder.flush().await;
-    assert_eq!(inbox.positions(20).await.expect("p")[&4], 60);
+    assert_eq!(of(&*inbox, 20).await[&4], 60);
 }
 
 #[tokio::test]

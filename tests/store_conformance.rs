@@ -94,9 +94,11 @@ async fn suite(store: Arc<dyn Store>) {
     let ids: Vec<i64> = groups.iter().map(|g| g.group_id).collect();
     assert_eq!(ids, vec![g.group_id, big.group_id, big2.group_id]);
     assert_eq!(groups[1].members.len(), 3);
-    let mut heads = store.user_group_heads(bob.user_id).await.expect("heads");
-    heads.sort_unstable();
-    assert_eq!(heads, vec![(g.group_id, 0), (big.group_id, 0), (big2.group_id, 0)]);
+    let mut heads = store.group_heads(&[bob.user_id, alice.user_id]).await.expect("heads");
+    let mut bobs = heads.remove(&bob.user_id).unwrap_or_default();
+    bobs.sort_unstable();
+    assert_eq!(bobs, vec![(g.group_id, 0), (big.group_id, 0), (big2.group_id, 0)]);
+    assert_eq!(heads.remove(&alice.user_id).map(|h| h.len()), Some(3), "each user gets their own");
 
     // Messages: ids increase, client_msg_id is idempotent, history pages in id order.
     let mut sent = Vec::new();
@@ -202,12 +204,16 @@ async fn suite(store: Arc<dyn Store>) {
 
 /// Every group's log is numbered 1, 2, 3, ... in id order, whatever the batching,
 /// retries and concurrency above did; the group's head is its last number.
+async fn heads_of(store: &Arc<dyn Store>, user: i64) -> Vec<(i64, i64)> {
+    store.group_heads(&[user]).await.expect("heads").remove(&user).unwrap_or_default()
+}
+
 async fn group_log_is_gap_free(store: &Arc<dyn Store>, pair: i64, trio: i64) {
     for group in [pair, trio] {
         let log = store.messages(group, Page { after: None, before: None, limit: 500 }).await.expect("log");
         let seqs: Vec<i64> = log.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "group {group}");
-        let heads = store.user_group_heads(log[0].sender_id).await.expect("heads");
+        let heads = heads_of(store, log[0].sender_id).await;
         assert!(heads.contains(&(group, log.len() as i64)), "head of {group} in {heads:?}");
     }
 }
@@ -226,7 +232,7 @@ async fn catch_up_reads_above_positions(store: &Arc<dyn Store>, user: i64, pair:
     assert_eq!(cut, want[..2]);
     assert!(store.messages_after(&after, switchboard::model::now_ms() + 1, 10).await.expect("window").is_empty());
     assert!(store.messages_after(&[(pair, pair_log.len() as i64)], 0, 10).await.expect("none").is_empty());
-    let heads = store.user_group_heads(user).await.expect("heads");
+    let heads = heads_of(store, user).await;
     assert!(heads.contains(&(pair, pair_log.len() as i64)));
 }
 

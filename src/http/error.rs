@@ -58,6 +58,14 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
     res
 }
 
+impl ApiError {
+    /// 503 for a store that failed (logged); the client retries.
+    pub fn store_unavailable(e: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "store unavailable");
+        Self::unavailable("store_unavailable", "The message store is unavailable; retry shortly.")
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -70,10 +78,7 @@ impl From<StoreError> for ApiError {
                 "client_msg_id_reused",
                 "This client_msg_id was already used for a different message.",
             ),
-            StoreError::Unavailable(_) | StoreError::Migration(_) | StoreError::Closed => {
-                tracing::warn!(error = %e, "store unavailable");
-                Self::unavailable("store_unavailable", "The message store is unavailable; retry shortly.")
-            }
+            StoreError::Unavailable(_) | StoreError::Migration(_) | StoreError::Closed => Self::store_unavailable(&e),
         }
     }
 }

@@ -46,8 +46,9 @@ pub struct Position {
 
 #[async_trait]
 pub trait Inbox: Send + Sync {
-    /// The user's stored positions; a group without one is at 0 (nothing received).
-    async fn positions(&self, user: UserId) -> Result<HashMap<GroupId, Seq>, InboxError>;
+    /// Each user's stored positions; a group without one is at 0 (nothing received), a user
+    /// without any is absent. Many users in one read, so concurrent handshakes share it.
+    async fn positions(&self, users: &[UserId]) -> Result<HashMap<UserId, HashMap<GroupId, Seq>>, InboxError>;
     /// Raises positions, never lowers them: each becomes the larger of the stored and the
     /// given `seq`. Idempotent, so a failed batch can simply be written again.
     async fn advance(&self, positions: &[Position]) -> Result<(), InboxError>;

@@ -76,10 +76,18 @@ impl MongoInbox {
 
 #[async_trait]
 impl Inbox for MongoInbox {
-    async fn positions(&self, user: UserId) -> Result<HashMap<GroupId, Seq>, InboxError> {
+    async fn positions(&self, users: &[UserId]) -> Result<HashMap<UserId, HashMap<GroupId, Seq>>, InboxError> {
         let _t = self.metrics.time_query("inbox_positions");
-        let docs: Vec<Document> = self.coll.find(doc! { "user_id": user }).await?.try_collect().await?;
-        Ok(docs.iter().filter_map(|d| Some((d.get_i64("group_id").ok()?, d.get_i64("seq").ok()?))).collect())
+        let mut positions: HashMap<UserId, HashMap<GroupId, Seq>> = HashMap::new();
+        for chunk in users.chunks(CHUNK) {
+            let docs: Vec<Document> = self.coll.find(doc! { "user_id": { "$in": chunk } }).await?.try_collect().await?;
+            for d in &docs {
+                if let (Ok(u), Ok(g), Ok(seq)) = (d.get_i64("user_id"), d.get_i64("group_id"), d.get_i64("seq")) {
+                    positions.entry(u).or_default().insert(g, seq);
+                }
+            }
+        }
+        Ok(positions)
     }
 
     async fn advance(&self, positions: &[Position]) -> Result<(), InboxError> {

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Inbox, InboxError, Position};
 use crate::metrics::Metrics;
 use crate::model::{GroupId, Seq, UserId};
-use crate::store::{Database, Dialect, MAX_SHAPE, padded, retrying};
+use crate::store::{Database, Dialect, MAX_SHAPE, padded, placeholders, retrying};
 
 pub struct SqlInbox {
     db: Database,
@@ -24,13 +24,27 @@ impl SqlInbox {
 
 #[async_trait]
 impl Inbox for SqlInbox {
-    async fn positions(&self, user: UserId) -> Result<HashMap<GroupId, Seq>, InboxError> {
+    async fn positions(&self, users: &[UserId]) -> Result<HashMap<UserId, HashMap<GroupId, Seq>>, InboxError> {
         let _t = self.metrics.time_query("inbox_positions");
-        let rows = sqlx::query("SELECT group_id, seq FROM positions WHERE user_id = ?")
-            .bind(user)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?)
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        let mut positions: HashMap<UserId, HashMap<GroupId, Seq>> = HashMap::new();
+        for chunk in users.chunks(MAX_SHAPE) {
+            let chunk: Vec<&UserId> = padded(chunk).collect();
+            let sql = format!(
+                "SELECT user_id, group_id, seq FROM positions WHERE user_id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            for r in q.fetch_all(&self.db.pool).await? {
+                positions.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+            }
+        }
+        Ok(positions)
     }
 
     async fn advance(&self, positions: &[Position]) -> Result<(), InboxError> {

@@ -8,13 +8,15 @@ mod mysql;
 mod sql;
 mod sqlite;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::model::{Group, GroupId, Message, MessageId, Seq, User, UserId};
 
 pub use sql::{Database, Dialect, SqlStore};
-pub(crate) use sql::{MAX_SHAPE, padded, retrying};
+pub(crate) use sql::{MAX_SHAPE, padded, placeholders, retrying};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -67,9 +69,10 @@ pub trait Store: Send + Sync {
     /// Member ids of a group, or `None` when the group does not exist.
     async fn group_members(&self, id: GroupId) -> Result<Option<Vec<UserId>>, StoreError>;
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>, StoreError>;
-    /// The user's groups with each one's last sequence number: what a connecting session
-    /// compares with its positions to know which groups have anything to catch up.
-    async fn user_group_heads(&self, user: UserId) -> Result<Vec<(GroupId, Seq)>, StoreError>;
+    /// Each user's groups with each one's last sequence number: what a connecting session
+    /// compares with its positions to know which groups have anything to catch up. Many
+    /// users in one read, so concurrent handshakes share it; a user in no group is absent.
+    async fn group_heads(&self, users: &[UserId]) -> Result<HashMap<UserId, Vec<(GroupId, Seq)>>, StoreError>;
     /// Persists a batch of messages in one transaction (group commit), one result per
     /// message in order. Each message gets the next sequence number of its group (gap-free);
     /// ids and sequence numbers increase in commit order within a group. A `client_msg_id`

@@ -551,15 +551,28 @@ impl Store for SqlStore {
         Ok(groups)
     }
 
-    async fn user_group_heads(&self, user: UserId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
-        let _t = self.metrics.time_query("user_group_heads");
-        let rows = sqlx::query(
-            "SELECT g.id, g.last_seq FROM group_members m JOIN `groups` g ON g.id = m.group_id WHERE m.user_id = ?",
-        )
-        .bind(user)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?)
+    async fn group_heads(&self, users: &[UserId]) -> Result<HashMap<UserId, Vec<(GroupId, Seq)>>, StoreError> {
+        let _t = self.metrics.time_query("group_heads");
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        let mut heads: HashMap<UserId, Vec<(GroupId, Seq)>> = HashMap::new();
+        for chunk in users.chunks(MAX_SHAPE) {
+            let chunk: Vec<&UserId> = padded(chunk).collect();
+            let sql = format!(
+                "SELECT m.user_id, g.id, g.last_seq FROM group_members m JOIN `groups` g ON g.id = m.group_id \
+                 WHERE m.user_id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            for r in q.fetch_all(self.pool()).await? {
+                heads.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?));
+            }
+        }
+        Ok(heads)
     }
 
     async fn insert_messages(&self, batch: Vec<NewMessage>) -> Vec<Result<(Message, bool), StoreError>> {

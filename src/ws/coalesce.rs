@@ -52,6 +52,31 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Coalesce<W> {
         Poll::Ready(Ok(data.len()))
     }
 
+    /// Takes a frame's header and payload together (the session writes every frame this
+    /// way, so fastwebsockets never keeps a staging buffer of its own).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.len() + total > CAP {
+            ready!(this.poll_drain(cx))?;
+            if total >= CAP {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
@@ -76,7 +101,8 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1 << 20);
         let mut w = Coalesce::new(client);
         w.write_all(b"one").await.expect("write");
-        w.write_all(b"two").await.expect("write");
+        let two = [io::IoSlice::new(b"t"), io::IoSlice::new(b"wo")];
+        assert_eq!(w.write_vectored(&two).await.expect("vectored"), 3);
         let mut buf = [0u8; 16];
         assert!(tokio::time::timeout(std::time::Duration::from_millis(50), server.read(&mut buf)).await.is_err());
         w.flush().await.expect("flush");

@@ -45,9 +45,46 @@ pub enum Offer {
     Held,
 }
 
+/// Cursors by group, in a sorted vector: most sessions follow a handful of groups, and a
+/// hash map's smallest table is four times the size of one entry (docs/benchmarks.md,
+/// "Memory per connection").
+#[derive(Default)]
+struct ByGroup(Vec<(GroupId, Cursor)>);
+
+impl ByGroup {
+    fn get(&self, group: &GroupId) -> Option<&Cursor> {
+        let i = self.0.binary_search_by_key(group, |(g, _)| *g).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn get_mut(&mut self, group: &GroupId) -> Option<&mut Cursor> {
+        let i = self.0.binary_search_by_key(group, |(g, _)| *g).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    fn contains_key(&self, group: &GroupId) -> bool {
+        self.get(group).is_some()
+    }
+
+    fn or_insert_with(&mut self, group: GroupId, new: impl FnOnce() -> Cursor) -> &mut Cursor {
+        let i = match self.0.binary_search_by_key(&group, |(g, _)| *g) {
+            Ok(i) => i,
+            Err(i) => {
+                // Exact growth for the first few (a vector's first allocation holds four).
+                if self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (group, new()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
 #[derive(Default)]
 pub struct Cursors {
-    groups: HashMap<GroupId, Cursor>,
+    groups: ByGroup,
     /// Written but not yet acknowledged (clients that ack).
     unacked: HashMap<MessageId, (GroupId, Seq)>,
     /// Groups written to since the last flush, with the last seq written (clients that
@@ -60,11 +97,7 @@ pub struct Cursors {
 impl Cursors {
     /// Starts tracking `group` at the user's stored position (kept if already tracked).
     pub fn track(&mut self, group: GroupId, position: Seq) {
-        self.groups.entry(group).or_insert_with(|| Cursor {
-            written: position,
-            delivered: position,
-            ..Cursor::default()
-        });
+        self.groups.or_insert_with(group, || Cursor { written: position, delivered: position, ..Cursor::default() });
     }
 
     pub fn is_tracked(&self, group: GroupId) -> bool {
@@ -86,7 +119,7 @@ impl Cursors {
     /// Decides about a live message (an untracked group starts at 0: its members joined
     /// when it was created, so nothing of it was delivered before).
     pub fn offer(&mut self, d: &Arc<Delivery>, now: Instant) -> Offer {
-        let c = self.groups.entry(d.group_id).or_default();
+        let c = self.groups.or_insert_with(d.group_id, Cursor::default);
         if d.seq <= c.written {
             return Offer::Repeat;
         }
@@ -108,7 +141,7 @@ impl Cursors {
 
     /// Records that a message was put in the socket's write buffer.
     pub fn wrote(&mut self, group: GroupId, seq: Seq, id: MessageId, acking: bool) {
-        let c = self.groups.entry(group).or_default();
+        let c = self.groups.or_insert_with(group, Cursor::default);
         c.written = c.written.max(seq);
         if acking {
             self.unacked.insert(id, (group, seq));

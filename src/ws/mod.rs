@@ -4,7 +4,11 @@
 mod coalesce;
 mod cursor;
 pub mod protocol;
+mod reader;
+mod reads;
 mod session;
+
+pub use reads::HandshakeReads;
 
 use std::sync::Arc;
 
@@ -61,13 +65,13 @@ pub async fn upgrade(
         let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", detail);
         return Err(reject("too_many_connections", e.retry_after(5)));
     }
-    match state.store.user(user_id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    match state.reads.user_exists(user_id).await {
+        Ok(true) => {}
+        Ok(false) => {
             let e = ApiError::not_found("user_not_found", format!("No user with id {user_id}."));
             return Err(reject("unknown_user", e));
         }
-        Err(e) => return Err(reject("backend_unavailable", e.into())),
+        Err(e) => return Err(reject("backend_unavailable", ApiError::store_unavailable(&e))),
     }
     let ack_mode = matches!(query.text("ack").ok().flatten().as_deref(), Some("1" | "true"));
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req).map_err(|e| {

@@ -1,79 +1,77 @@
-//! One WebSocket session: a reader task and a writer (this task).
+//! One WebSocket session, one task.
 //!
-//! The reader owns the read half and is the only caller of `read_frame`, which is not
-//! cancel-safe: it is never raced in a `select!`. Its heartbeat timeout wraps `read_frame`,
-//! but when that timer fires the session ends, so the interrupted read is never polled again.
-//! It turns client frames into [`Control`] items for the writer.
+//! The task follows the connect order of docs/delivery.md: register with the hub,
+//! subscribe the user's groups and wait for confirmation, say `hello`, catch up on every
+//! group whose log passed the user's position, then go live. Its [`Cursors`] drop repeats,
+//! hold messages that arrive past a hole, and say which positions to record once messages
+//! are delivered.
 //!
-//! The writer owns the write half and follows the connect order of docs/delivery.md:
-//! register with the hub, subscribe the user's groups and wait for confirmation, say
-//! `hello`, catch up on every group whose log passed the user's position, then go live. Its
-//! [`Cursors`] drop repeats, hold messages that arrive past a hole, and say which positions
-//! to record once messages are delivered.
+//! Live, it waits on three cancel-safe things at once: its queue (which also carries close
+//! requests), the socket becoming readable ([`FrameReader::readable`]) and its timers. A
+//! frame is then read to completion outside the `select!`, because a frame read is not
+//! cancel-safe; it is bounded by the heartbeat deadline, and when that fires the session
+//! ends, so the interrupted read is never polled again. An idle session holds no read
+//! buffer, no queue storage and no second task: see docs/benchmarks.md, "Memory per
+//! connection".
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::coalesce::Coalesce;
 use super::cursor::{Cursors, Offer};
 use super::protocol::{self, ClientFrame, MAX_ACK_IDS, close};
+use super::reader::{FrameReader, Incoming};
+use super::reads::CatchUp;
 use crate::app::AppState;
 use crate::hub::{Delivery, Outbound, SessionHandle};
-use crate::model::{GroupId, Message, MessageId, Seq, UserId, now_ms, now_us};
+use crate::model::{GroupId, Message, Seq, UserId, now_ms, now_us};
 
 type Io = TokioIo<Upgraded>;
 
 /// Queued items handled per write before a flush.
 const BATCH: usize = 64;
 
-/// What the reader asks the writer to do.
-enum Control {
-    HeartbeatAck,
-    Pong(Vec<u8>),
-    /// The peer sent a close frame: echo it (payload ready-made) and finish.
-    CloseEcho(Vec<u8>),
-    /// Close with this code (protocol violation, too large, heartbeat timeout).
-    Close(u16),
-    /// The client acknowledged these messages.
-    Ack(Vec<MessageId>),
-    /// The connection dropped without a close frame.
-    Gone,
+/// What woke the live session.
+enum Wake {
+    Queue,
+    Readable,
+    Silent,
+    Gap,
 }
 
 /// Runs a session on an upgraded connection until it closes.
 pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_mode: bool) {
-    let (read, write) = ws.split(|io| {
-        let (read, write) = tokio::io::split(io);
-        (read, Coalesce::new(write))
-    });
-    let (handle, queue) = SessionHandle::new(state.hub.next_session_id(), user_id, state.config.session_queue);
+    // The session reads through its own FrameReader, so fastwebsockets' reader (and its
+    // 8 KiB buffer) is dropped here; only its writer is kept.
+    let (read, write) = tokio::io::split(ws.into_inner());
+    let (_, mut write) = fastwebsockets::after_handshake_split(tokio::io::empty(), Coalesce::new(write), Role::Server);
+    // Every frame with a payload goes out as header + payload into the Coalesce buffer,
+    // which is freed after each flush; below the threshold fastwebsockets would first copy
+    // the frame into a staging vector that it keeps for the life of the connection.
+    write.set_writev_threshold(0);
+    let handle = SessionHandle::new(state.hub.next_session_id(), user_id, state.config.session_queue);
     let metrics = &state.metrics;
     metrics.ws_connects.inc();
     metrics.ws_connections.inc();
     tracing::info!(session = handle.id, user_id, node = %state.node, "session connected");
 
-    let (control_tx, control_rx) = mpsc::channel(32);
-    let (live_tx, live) = tokio::sync::oneshot::channel();
-    let reader = tokio::spawn(read_loop(read, control_tx, live, state.clone(), user_id));
-    let mut writer = Writer {
+    let mut session = Session {
         ws: write,
+        reader: FrameReader::new(read),
+        fragments: None,
         cursors: Cursors::default(),
         state: state.clone(),
         handle: handle.clone(),
         acking: ack_mode,
-        live: Some(live_tx),
     };
-    let reason = writer.run(queue, control_rx).await;
-    // The reader may sit in read_frame; the session is over, so it is dropped mid-read and
-    // never polled again.
-    reader.abort();
+    let reason = session.run().await;
+    drop(session);
     state.hub.detach(&handle);
     // The client may reconnect at once, elsewhere: let it find its positions written.
     state.recorder.nudge();
@@ -85,41 +83,59 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     tracing::info!(session = handle.id, user_id, reason, node = %state.node, "session disconnected");
 }
 
-struct Writer {
+struct Session {
     ws: WebSocketWrite<Coalesce<WriteHalf<Io>>>,
+    reader: FrameReader<ReadHalf<Io>>,
+    /// A fragmented text message being collected.
+    fragments: Option<Vec<u8>>,
     cursors: Cursors,
-    /// Fired once `hello` is out: the client's heartbeat clock starts there, so a slow
-    /// session setup (a storm, a slow backend) is not mistaken for a silent client.
-    live: Option<tokio::sync::oneshot::Sender<()>>,
     state: Arc<AppState>,
     handle: Arc<SessionHandle>,
     /// The client acknowledges messages (`?ack=1` or its first ack); stays so once set.
     acking: bool,
 }
 
-impl Writer {
-    /// Returns the disconnect reason label.
-    async fn run(&mut self, mut queue: mpsc::Receiver<Outbound>, mut control: mpsc::Receiver<Control>) -> &'static str {
-        match self.start().await {
+impl Session {
+    /// Returns the disconnect reason label. The rarely taken, larger steps (setup,
+    /// catch-up, closing) are boxed so that the task an idle session parks in stays small.
+    async fn run(&mut self) -> &'static str {
+        match Box::pin(self.start()).await {
             Ok(true) => {}
-            Ok(false) => return self.close_requested(&mut control).await,
+            Ok(false) => return Box::pin(self.close_requested()).await,
             Err(_) => return "error",
         }
+        // The client's heartbeat clock starts at `hello`, so a slow session setup (a storm,
+        // a slow backend) is not mistaken for a silent client.
+        let timeout = self.state.config.heartbeat_timeout();
+        let silence = tokio::time::sleep(timeout);
+        tokio::pin!(silence);
         loop {
             let gap = self.cursors.gap_deadline();
-            // Every branch is cancel-safe (token, mpsc receivers, a timer); writes happen in
-            // the branch bodies, never inside the select.
-            let step = tokio::select! {
+            // Every branch is cancel-safe (a notification, a readiness probe that keeps what
+            // it read, timers); reads and writes happen after the select, never inside it.
+            let wake = tokio::select! {
                 biased;
-                () = self.handle.closed() => return self.close_requested(&mut control).await,
-                c = control.recv() => self.control(c.unwrap_or(Control::Gone)).await,
-                item = queue.recv() => match item {
-                    Some(item) => self.outbound_batch(item, &mut queue).await.map(|()| None),
-                    None => Ok(Some("error")),
+                () = self.handle.woken() => Wake::Queue,
+                ready = self.reader.readable() => match ready {
+                    Ok(()) => Wake::Readable,
+                    Err(_) => return "client_gone",
                 },
-                () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
-                    self.fill_holes().await.map(|()| None)
+                () = &mut silence => Wake::Silent,
+                () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => Wake::Gap,
+            };
+            let step = match wake {
+                Wake::Queue if self.handle.is_closed() => return Box::pin(self.close_requested()).await,
+                Wake::Queue => Box::pin(self.outbound_batch()).await.map(|()| None),
+                Wake::Readable => {
+                    let step = Box::pin(self.incoming(silence.deadline())).await;
+                    silence.as_mut().reset(Instant::now() + timeout);
+                    step
                 }
+                Wake::Silent => {
+                    self.state.metrics.heartbeat_timeouts.inc();
+                    Ok(Some(Box::pin(self.close_with(close::HEARTBEAT_TIMEOUT)).await))
+                }
+                Wake::Gap => Box::pin(self.fill_holes()).await.map(|()| None),
             };
             let step = match step {
                 Ok(None) => self.flush().await.map(|()| None),
@@ -137,11 +153,11 @@ impl Writer {
     /// Hub registration, group subscriptions, hello, catch-up. Ok(false) if the session
     /// was asked to close meanwhile.
     async fn start(&mut self) -> Result<bool, WebSocketError> {
-        self.state.hub.attach(&self.handle).await;
+        self.state.hub.attach(&self.handle);
         let Some(heads) = self.subscribe_groups().await else { return Ok(false) };
         // Only a group with messages can have anything to catch up on.
         let positions = if heads.iter().any(|(_, head)| *head > 0) {
-            match self.state.inbox.positions(self.handle.user_id).await {
+            match self.state.reads.positions(self.handle.user_id).await {
                 Ok(positions) => positions,
                 Err(e) => return Ok(self.backend_failed("positions", &e)),
             }
@@ -160,36 +176,39 @@ impl Writer {
         let hello =
             protocol::hello(self.handle.id, &self.state.node, cfg.heartbeat_interval_ms, cfg.heartbeat_timeout_ms);
         self.send(&hello).await?;
-        if let Some(live) = self.live.take() {
-            let _ = live.send(());
-        }
         let behind = self.cursors.behind(&heads);
         self.catch_up(behind).await?;
         self.flush().await?;
         Ok(!self.handle.is_closed())
     }
 
-    /// Subscribes the user's groups, then reads their heads again: a message committed
-    /// after that read is published after the subscription was confirmed, so it arrives
-    /// live, and one committed before it is below the head the catch-up reads up to. A
-    /// group that appeared in between is subscribed in turn.
+    /// Subscribes the user's groups, then reads their heads: a message committed after that
+    /// read is published after the subscription was confirmed, so it arrives live, and one
+    /// committed before it is below the head the catch-up reads up to. The groups subscribed
+    /// first are the ones the node already knows for the user (none on a first visit); a
+    /// group the read finds beyond them is subscribed in turn and the heads read again.
+    /// The first join also confirms the user channel `attach` subscribed, before any read,
+    /// so a group created after a read is announced to this session.
     async fn subscribe_groups(&mut self) -> Option<Vec<(GroupId, Seq)>> {
-        let mut joined: Vec<GroupId> = Vec::new();
+        let user = self.handle.user_id;
+        let mut joined = self.state.hub.known_groups(user);
+        self.state.hub.join(&self.handle, &joined).await;
         loop {
             let heads = self.heads().await?;
             let new: Vec<GroupId> = heads.iter().map(|(g, _)| *g).filter(|g| !joined.contains(g)).collect();
-            if heads.is_empty() || (new.is_empty() && !joined.is_empty()) {
+            if new.is_empty() {
                 return Some(heads);
             }
             self.state.hub.join(&self.handle, &new).await;
             joined.extend(new);
+            self.state.hub.remember_groups(user, &joined);
         }
     }
 
     /// The user's groups with their last sequence numbers; `None` (and a 1011 close) when
     /// the store cannot say.
     async fn heads(&mut self) -> Option<Vec<(GroupId, Seq)>> {
-        match self.state.store.user_group_heads(self.handle.user_id).await {
+        match self.state.reads.heads(self.handle.user_id).await {
             Ok(heads) => Some(heads),
             Err(e) => {
                 self.backend_failed("groups", &e);
@@ -212,7 +231,8 @@ impl Writer {
         let cfg = &self.state.config;
         let (limit, since) = (cfg.replay_limit, now_ms() - cfg.inbox_ttl as i64 * 1000);
         while !from.is_empty() {
-            let page = match self.state.store.messages_after(&from, since, limit).await {
+            let read = CatchUp { after: from.clone(), since_ms: since, limit };
+            let page = match self.state.reads.catch_up(read).await {
                 Ok(page) => page,
                 Err(e) => {
                     self.backend_failed("catch-up", &e);
@@ -256,20 +276,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Handles `first` and whatever else is already queued (up to a bound), so a burst
-    /// leaves in one write at the next flush.
-    async fn outbound_batch(
-        &mut self,
-        first: Outbound,
-        queue: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), WebSocketError> {
-        self.outbound(first).await?;
+    /// Handles what is queued, up to a bound, so a burst leaves in one write at the next
+    /// flush; wakes itself again if more is left.
+    async fn outbound_batch(&mut self) -> Result<(), WebSocketError> {
         for _ in 0..BATCH {
-            match queue.try_recv() {
-                Ok(item) => self.outbound(item).await?,
-                Err(_) => break,
-            }
+            let Some(item) = self.handle.pop() else { return Ok(()) };
+            self.outbound(item).await?;
         }
+        self.handle.rearm();
         Ok(())
     }
 
@@ -287,9 +301,9 @@ impl Writer {
                 // A brand-new group: nothing of it was delivered to this user before.
                 self.cursors.track(group_id, 0);
                 let from = self.cursors.behind(&[(group_id, Seq::MAX)]);
-                self.catch_up(from).await
+                Box::pin(self.catch_up(from)).await
             }
-            Outbound::Resync => self.resync().await,
+            Outbound::Resync => Box::pin(self.resync()).await,
         }
     }
 
@@ -298,7 +312,7 @@ impl Writer {
     async fn resync(&mut self) -> Result<(), WebSocketError> {
         let Some(heads) = self.subscribe_groups().await else { return Ok(()) };
         if heads.iter().any(|(g, _)| !self.cursors.is_tracked(*g)) {
-            let positions = match self.state.inbox.positions(self.handle.user_id).await {
+            let positions = match self.state.reads.positions(self.handle.user_id).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.backend_failed("positions", &e);
@@ -362,24 +376,52 @@ impl Writer {
         }
     }
 
-    async fn control(&mut self, c: Control) -> Result<Option<&'static str>, WebSocketError> {
-        match c {
-            Control::HeartbeatAck => self.send(protocol::HEARTBEAT_ACK).await.map(|()| None),
-            Control::Pong(payload) => self.ws.write_frame(Frame::pong(Payload::Owned(payload))).await.map(|()| None),
-            Control::CloseEcho(payload) => {
-                let echo = async {
-                    self.ws.write_frame(Frame::close_raw(Payload::Owned(payload))).await?;
-                    self.ws.flush().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), echo).await;
-                Ok(Some("client_close"))
+    /// Reads the frame that began to arrive, by `deadline` (the heartbeat timeout), and
+    /// acts on it. `Some(reason)` ends the session.
+    async fn incoming(&mut self, deadline: Instant) -> Result<Option<&'static str>, WebSocketError> {
+        let max = self.state.config.max_frame_bytes;
+        // fastwebsockets refuses payloads >= its limit; ours is the largest payload allowed.
+        let Ok(read) = tokio::time::timeout_at(deadline, self.reader.read_frame(max + 1)).await else {
+            self.state.metrics.heartbeat_timeouts.inc();
+            return Ok(Some(self.close_with(close::HEARTBEAT_TIMEOUT).await));
+        };
+        if let Some(reply) = read.reply {
+            // The peer closed (or sent a bad close code, answered with 1002): echo and end.
+            let echo = async {
+                self.ws.write_frame(Frame::close_raw(Payload::Owned(reply))).await?;
+                self.ws.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), echo).await;
+            return Ok(Some("client_close"));
+        }
+        let frame = match read.frame {
+            Ok(frame) => frame,
+            Err(WebSocketError::FrameTooLarge) => return Ok(Some(self.too_large().await)),
+            Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
+                return Ok(Some("client_gone"));
             }
-            Control::Close(code) => {
-                self.write_close(code).await;
-                Ok(Some(close::reason(code)))
+            Err(e) => {
+                tracing::debug!(error = %e, user_id = self.handle.user_id, "bad frame");
+                return Ok(Some(self.close_with(close::POLICY).await));
             }
-            Control::Gone => Ok(Some("client_gone")),
-            Control::Ack(ids) => {
+        };
+        if frame.opcode == OpCode::Ping {
+            return self.ws.write_frame(Frame::pong(Payload::Owned(frame.payload))).await.map(|()| None);
+        }
+        let Some(text) = self.text(frame) else { return Ok(None) };
+        let text = match text {
+            Ok(text) => text,
+            Err(code) if code == close::TOO_LARGE => return Ok(Some(self.too_large().await)),
+            Err(code) => return Ok(Some(self.close_with(code).await)),
+        };
+        let parsed = std::str::from_utf8(&text).map_err(|_| ()).and_then(|t| {
+            protocol::parse_client_text(t).map_err(|e| {
+                tracing::debug!(error = %e, user_id = self.handle.user_id, "protocol violation");
+            })
+        });
+        match parsed {
+            Ok(ClientFrame::Heartbeat) => self.send(protocol::HEARTBEAT_ACK).await.map(|()| None),
+            Ok(ClientFrame::Ack(ids)) => {
                 self.acking = true;
                 let moved = self.cursors.acked(&ids);
                 self.record(moved);
@@ -390,13 +432,53 @@ impl Writer {
                 }
                 Ok(None)
             }
+            Err(()) => Ok(Some(self.close_with(close::POLICY).await)),
         }
+    }
+
+    /// A whole text message once its last fragment is in; `None` while collecting or for a
+    /// pong; `Err(code)` to close with.
+    fn text(&mut self, frame: Incoming) -> Option<Result<Vec<u8>, u16>> {
+        match (frame.opcode, frame.fin) {
+            (OpCode::Pong, _) => None,
+            (OpCode::Text, true) if self.fragments.is_none() => Some(Ok(frame.payload)),
+            (OpCode::Text, false) if self.fragments.is_none() => {
+                self.fragments = Some(frame.payload);
+                None
+            }
+            (OpCode::Continuation, fin) => {
+                let Some(buf) = self.fragments.as_mut() else { return Some(Err(close::POLICY)) };
+                buf.extend_from_slice(&frame.payload);
+                if buf.len() > self.state.config.max_frame_bytes {
+                    return Some(Err(close::TOO_LARGE));
+                }
+                if !fin {
+                    return None;
+                }
+                self.fragments.take().map(Ok)
+            }
+            _ => Some(Err(close::POLICY)),
+        }
+    }
+
+    async fn too_large(&mut self) -> &'static str {
+        self.state.metrics.limit_rejections.with_label_values(&["ws_frame_size"]).inc();
+        self.close_with(close::TOO_LARGE).await
+    }
+
+    /// Closes with `code` on the client's fault and returns the disconnect reason. Waits
+    /// (briefly) for the client to hang up, so the close frame is not lost to a reset.
+    async fn close_with(&mut self, code: u16) -> &'static str {
+        self.write_close(code).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.reader.discard()).await;
+        close::reason(code)
     }
 
     /// The hub or the lifecycle asked this session to close. A drain (1001) says goodbye and
     /// then waits for the client's close reply, so the client leaves on its own terms; one
     /// that ignores the close stays until the drain deadline cuts it (the enforced TTL).
-    async fn close_requested(&mut self, control: &mut mpsc::Receiver<Control>) -> &'static str {
+    /// When the cut wins, a frame read may be left unfinished: the session ends there.
+    async fn close_requested(&mut self) -> &'static str {
         let code = self.handle.close_code().unwrap_or(close::GOING_AWAY);
         if code == close::GOING_AWAY {
             let _ = self.send(protocol::GOODBYE_DRAINING).await;
@@ -404,9 +486,12 @@ impl Writer {
         self.write_close(code).await;
         if code == close::GOING_AWAY {
             let cut = self.state.lifecycle.cut_token();
+            let max = self.state.config.max_frame_bytes + 1;
+            let reader = &mut self.reader;
             let answered = async {
-                while let Some(c) = control.recv().await {
-                    if matches!(c, Control::CloseEcho(_) | Control::Close(_) | Control::Gone) {
+                while reader.readable().await.is_ok() {
+                    let read = reader.read_frame(max).await;
+                    if read.reply.is_some() || !matches!(read.frame, Ok(ref f) if f.opcode != OpCode::Close) {
                         return;
                     }
                 }
@@ -462,102 +547,4 @@ impl Writer {
     fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.state.config.write_timeout_ms)
     }
-}
-
-async fn read_loop(
-    mut ws: WebSocketRead<ReadHalf<Io>>,
-    control: mpsc::Sender<Control>,
-    live: tokio::sync::oneshot::Receiver<()>,
-    state: Arc<AppState>,
-    user_id: UserId,
-) {
-    // Nothing is read before `hello`; early frames wait in the socket. If the writer gives
-    // up before hello, the session is ending anyway.
-    if live.await.is_err() {
-        return;
-    }
-    ws.set_auto_pong(false);
-    // fastwebsockets refuses payloads >= its limit; ours is the largest payload allowed.
-    ws.set_max_message_size(state.config.max_frame_bytes + 1);
-    let timeout = state.config.heartbeat_timeout();
-    let max = state.config.max_frame_bytes;
-    // Obligated sends of the frame reader: the echo of a peer's close frame.
-    let mut obligated = |frame: Frame<'_>| {
-        let control = control.clone();
-        let item =
-            if frame.opcode == OpCode::Close { Control::CloseEcho(frame.payload.to_vec()) } else { Control::Gone };
-        async move { control.send(item).await.map_err(|_| "session closed") }
-    };
-    let mut fragments: Option<Vec<u8>> = None;
-    let outcome = loop {
-        let frame = match tokio::time::timeout(timeout, ws.read_frame(&mut obligated)).await {
-            Err(_) => {
-                state.metrics.heartbeat_timeouts.inc();
-                break Control::Close(close::HEARTBEAT_TIMEOUT);
-            }
-            Ok(Err(WebSocketError::FrameTooLarge)) => {
-                state.metrics.limit_rejections.with_label_values(&["ws_frame_size"]).inc();
-                break Control::Close(close::TOO_LARGE);
-            }
-            Ok(Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_))) => {
-                break Control::Gone;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, user_id, "bad frame");
-                break Control::Close(close::POLICY);
-            }
-            Ok(Ok(frame)) => frame,
-        };
-        let text = match (frame.opcode, frame.fin) {
-            (OpCode::Close, _) => return, // the echo already went out through `obligated`
-            (OpCode::Ping, _) => {
-                if control.send(Control::Pong(frame.payload.to_vec())).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            (OpCode::Pong, _) => continue,
-            (OpCode::Binary, _) => break Control::Close(close::POLICY),
-            (OpCode::Text, true) if fragments.is_none() => frame.payload.to_vec(),
-            (OpCode::Text, false) if fragments.is_none() => {
-                fragments = Some(frame.payload.to_vec());
-                continue;
-            }
-            (OpCode::Continuation, fin) => {
-                let Some(buf) = fragments.as_mut() else {
-                    break Control::Close(close::POLICY);
-                };
-                buf.extend_from_slice(&frame.payload);
-                if buf.len() > max {
-                    state.metrics.limit_rejections.with_label_values(&["ws_frame_size"]).inc();
-                    break Control::Close(close::TOO_LARGE);
-                }
-                if !fin {
-                    continue;
-                }
-                fragments.take().unwrap_or_default()
-            }
-            _ => break Control::Close(close::POLICY),
-        };
-        let Ok(text) = std::str::from_utf8(&text) else {
-            break Control::Close(close::POLICY);
-        };
-        match protocol::parse_client_text(text) {
-            Ok(ClientFrame::Heartbeat) => {
-                if control.send(Control::HeartbeatAck).await.is_err() {
-                    return;
-                }
-            }
-            Ok(ClientFrame::Ack(ids)) => {
-                if control.send(Control::Ack(ids)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, user_id, "protocol violation");
-                break Control::Close(close::POLICY);
-            }
-        }
-    };
-    let _ = control.send(outcome).await;
 }

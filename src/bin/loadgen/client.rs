@@ -32,6 +32,9 @@ pub struct Shared {
     pub sources: Vec<IpAddr>,
     pub ack: bool,
     pub heartbeat: bool,
+    /// Set when the run ends: no more heartbeats, so every one sent can be acked before
+    /// the counts are read.
+    pub quiet: std::sync::atomic::AtomicBool,
     pub checker: Option<Checker>,
     pub ramp: Arc<Semaphore>,
     pub connect_timeout: Duration,
@@ -66,6 +69,7 @@ impl Shared {
             sources,
             ack: false,
             heartbeat: true,
+            quiet: std::sync::atomic::AtomicBool::new(false),
             checker: None,
             ramp: Arc::new(Semaphore::new(ramp.max(1))),
             connect_timeout: Duration::from_secs(30),
@@ -287,7 +291,7 @@ async fn session(sh: &Shared, user: UserId, live: &mut Live, phase: &mut watch::
                 None => return Outcome::Closed(None),
             },
             _ = heartbeat.tick(), if sh.heartbeat => {
-                if ws::send_text(&live.writer, "heartbeat").await {
+                if !sh.quiet.load(std::sync::atomic::Ordering::Relaxed) && ws::send_text(&live.writer, "heartbeat").await {
                     sh.heartbeats.add(1);
                 }
             }

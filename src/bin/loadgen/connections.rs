@@ -166,10 +166,9 @@ pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, 
             other => emit("error", &format!("unknown command {other:?}")),
         }
     }
-    // Let late duplicates show before the verdict.
-    if storm {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Let late duplicates and the acks of the last heartbeats arrive before the verdict.
+    sh.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let r = checker.map(|c| c.report()).unwrap_or_default();
     emit(
         "done",

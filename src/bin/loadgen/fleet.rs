@@ -324,17 +324,20 @@ async fn start_node(
 /// join its groups; its queue is drained and timed.
 async fn connect(nodes: &Arc<Vec<SimNode>>, n: usize, user: UserId, world: &World, d: &Arc<Deliveries>) -> Session {
     let node = &nodes[n];
-    let (handle, mut queue) = SessionHandle::new(node.hub.next_session_id(), user, 4096);
-    node.hub.attach(&handle).await;
+    let handle = SessionHandle::new(node.hub.next_session_id(), user, 4096);
+    node.hub.attach(&handle);
     node.hub.join(&handle, &world.of_user[user as usize]).await;
-    let (d, tap) = (d.clone(), node.tap.clone());
+    let (d, tap, queue) = (d.clone(), node.tap.clone(), handle.clone());
     tokio::spawn(async move {
-        while let Some(item) = queue.recv().await {
-            if let Outbound::Message(m) = item {
-                d.count.fetch_add(1, Ordering::Relaxed);
-                d.latency.record((now_us() - m.accepted_us).max(0) as u64);
-                if let Ok(mut u) = tap.useful.lock() {
-                    u.insert(m.message_id);
+        while !queue.is_closed() {
+            queue.woken().await;
+            while let Some(item) = queue.pop() {
+                if let Outbound::Message(m) = item {
+                    d.count.fetch_add(1, Ordering::Relaxed);
+                    d.latency.record((now_us() - m.accepted_us).max(0) as u64);
+                    if let Ok(mut u) = tap.useful.lock() {
+                        u.insert(m.message_id);
+                    }
                 }
             }
         }
@@ -603,6 +606,8 @@ async fn churn_loop(
         let user = rand::rng().random_range(1..=world.of_user.len() - 1) as UserId;
         let Some(old) = sessions.lock().ok().and_then(|mut all| all[user as usize].pop()) else { continue };
         nodes[old.node].hub.detach(&old.handle);
+        // Ends the task draining its queue.
+        old.handle.close(switchboard::ws::protocol::close::NORMAL);
         let to = (old.node + rand::rng().random_range(1..nodes.len())) % nodes.len();
         let (nodes, world, d, sessions) = (nodes.clone(), world.clone(), d.clone(), sessions.clone());
         tokio::spawn(async move {

@@ -47,13 +47,48 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// A TCP connection to `addr`, from `source` (port chosen by the kernel) when given.
+/// The ports below the kernel's ephemeral range. A port bound explicitly is withheld from
+/// every process's outgoing connections (the kernel's `connect()` skips ports that have a
+/// bind bucket), so taking tens of thousands of ephemeral ports would starve the nodes'
+/// connections to their backends, and anyone else's on the machine. Below the range only a
+/// listener on a wildcard address and the same port would be in the way.
+fn source_ports() -> std::ops::Range<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    match range.split_whitespace().next().map(str::parse::<u32>) {
+        Some(Ok(lo)) if lo > 10_000 => 1024..lo,
+        _ => 1024..32768,
+    }
+}
+
+/// The next local port to try; processes start at different places (their pid).
+fn next_port() -> u16 {
+    static PORTS: std::sync::OnceLock<(std::ops::Range<u32>, std::sync::atomic::AtomicU32)> =
+        std::sync::OnceLock::new();
+    let (range, next) = PORTS
+        .get_or_init(|| (source_ports(), std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919))));
+    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (range.start + n % (range.end - range.start)) as u16
+}
+
+/// A TCP connection to `addr`, from `source` when given. The tool picks the source port
+/// itself: with tens of thousands of sockets bound to one address, the kernel's search for
+/// a free port on `bind(ip, 0)` takes most of the machine (system time). A port in use (by
+/// another socket, another load process, a connection in TIME_WAIT or a listener) is
+/// skipped. Source addresses other than 127.0.0.1 (`--sources 127.0.0.2,...`) keep clear of
+/// the ports of services listening on 127.0.0.1.
 pub async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let stream = match source {
         None => TcpStream::connect(addr).await?,
         Some(ip) => {
-            let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-            socket.bind(SocketAddr::new(ip, 0))?;
+            let mut tries = 0;
+            let socket = loop {
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                match socket.bind(SocketAddr::new(ip, next_port())) {
+                    Ok(()) => break socket,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 1000 => tries += 1,
+                    Err(e) => return Err(e),
+                }
+            };
             socket.connect(addr).await?
         }
     };
