@@ -423,10 +423,7 @@ impl Store for SqlStore {
             sqlx::query("SELECT id, username FROM users WHERE id = ?").bind(id).fetch_optional(self.pool()).await?;
         let Some(r) = row else { return Ok(None) };
         let user = User { user_id: r.try_get(0)?, username: r.try_get(1)? };
-        if self.users.len() >= USER_CACHE {
-            self.users.clear();
-        }
-        self.users.insert(id, user.clone());
+        self.remember(&user);
         Ok(Some(user))
     }
 

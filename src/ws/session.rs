@@ -155,17 +155,8 @@ impl Session {
     async fn start(&mut self) -> Result<bool, WebSocketError> {
         self.state.hub.attach(&self.handle);
         let Some(heads) = self.subscribe_groups().await else { return Ok(false) };
-        // Only a group with messages can have anything to catch up on.
-        let positions = if heads.iter().any(|(_, head)| *head > 0) {
-            match self.state.reads.positions(self.handle.user_id).await {
-                Ok(positions) => positions,
-                Err(e) => return Ok(self.backend_failed("positions", &e)),
-            }
-        } else {
-            Default::default()
-        };
-        for (g, _) in &heads {
-            self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
+        if !self.track(&heads).await {
+            return Ok(false);
         }
         if self.handle.is_closed() {
             return Ok(false);
@@ -203,6 +194,25 @@ impl Session {
             joined.extend(new);
             self.state.hub.remember_groups(user, &joined);
         }
+    }
+
+    /// Starts tracking the groups of `heads` not tracked yet, at the user's stored
+    /// positions. Positions are read only when one of those groups has messages: a group
+    /// without any has nothing to catch up on. False (and a 1011 close) when they cannot be.
+    async fn track(&mut self, heads: &[(GroupId, Seq)]) -> bool {
+        let new: Vec<(GroupId, Seq)> = heads.iter().copied().filter(|(g, _)| !self.cursors.is_tracked(*g)).collect();
+        let positions = if new.iter().any(|(_, head)| *head > 0) {
+            match self.state.reads.positions(self.handle.user_id).await {
+                Ok(positions) => positions,
+                Err(e) => return self.backend_failed("positions", &e),
+            }
+        } else {
+            Default::default()
+        };
+        for (g, _) in new {
+            self.cursors.track(g, positions.get(&g).copied().unwrap_or(0));
+        }
+        true
     }
 
     /// The user's groups with their last sequence numbers; `None` (and a 1011 close) when
@@ -311,17 +321,8 @@ impl Session {
     /// lost too), then catch up on every group from where this session stands.
     async fn resync(&mut self) -> Result<(), WebSocketError> {
         let Some(heads) = self.subscribe_groups().await else { return Ok(()) };
-        if heads.iter().any(|(g, _)| !self.cursors.is_tracked(*g)) {
-            let positions = match self.state.reads.positions(self.handle.user_id).await {
-                Ok(p) => p,
-                Err(e) => {
-                    self.backend_failed("positions", &e);
-                    return Ok(());
-                }
-            };
-            for (g, _) in &heads {
-                self.cursors.track(*g, positions.get(g).copied().unwrap_or(0));
-            }
+        if !self.track(&heads).await {
+            return Ok(());
         }
         let behind = self.cursors.behind(&heads);
         self.catch_up(behind).await
