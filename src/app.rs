@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
-use crate::backplane::{Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, RedisBackplane};
+use crate::backplane::{
+    Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, Partitions, RedisBackplane, RedisClusterBackplane,
+};
 use crate::commit::Commits;
 use crate::config::Config;
 use crate::http::{self, Listener};
@@ -25,7 +27,7 @@ use crate::inbox::{self, Inbox, InboxError, Recorder, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
-use crate::routing::{self, Presence, StoreDirectory};
+use crate::routing::{self, Keyspace, Presence, StoreDirectory};
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
 use crate::ws::HandshakeReads;
@@ -103,17 +105,36 @@ impl App {
             Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
             None => None,
         };
+        let cluster = match config.redis_cluster_urls.as_slice() {
+            [] => None,
+            urls => Some(redis::cluster::ClusterClient::new(urls.to_vec()).map_err(BackplaneError::from)?),
+        };
         let prefix = config.channel_prefix.clone();
         let mut agreeing = None;
-        if let Some(client) = &redis {
-            routing::agree(client, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
-            let keep = routing::keep_agreeing(client.clone(), prefix.clone(), config.routing);
+        let keyspace = match (&redis, cluster) {
+            (Some(client), _) => Some(Keyspace::Redis(client.clone())),
+            (None, Some(client)) => Some(Keyspace::Cluster(client)),
+            (None, None) => None,
+        };
+        if let Some(keys) = keyspace {
+            routing::agree(&keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
+            let keep = routing::keep_agreeing(keys, prefix.clone(), config.routing);
             agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
         }
-        // The transport: Redis pub/sub, or the in-process bus of a single node.
+        // The transport: Redis pub/sub, a Redis Cluster's sharded pub/sub, or the in-process
+        // bus of a single node.
         let transport = |events: mpsc::Sender<Event>| -> Result<Arc<dyn Backplane>, BackplaneError> {
             Ok(match &redis {
                 Some(client) => Arc::new(RedisBackplane::connect(client.clone(), &prefix, events, metrics.clone())?),
+                None if !config.redis_cluster_urls.is_empty() => {
+                    let partitions = Partitions::new(&prefix, config.shard_partitions);
+                    Arc::new(RedisClusterBackplane::connect(
+                        &config.redis_cluster_urls,
+                        partitions,
+                        events,
+                        metrics.clone(),
+                    )?)
+                }
                 None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events)),
             })
         };

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub backplane_subscriptions: IntGauge,
     pub backplane_received: IntCounter,
     pub backplane_reconnects: IntCounter,
+    pub backplane_resubscribes: IntCounter,
     pub backplane_published: IntCounter,
     pub presence_lookups: IntCounterVec,
     pub store_query_duration: HistogramVec,
@@ -136,6 +137,10 @@ impl Metrics {
             backplane_reconnects: reg!(IntCounter::with_opts(opts(
                 "backplane_reconnects_total",
                 "Backplane reconnections after a lost connection."
+            ))),
+            backplane_resubscribes: reg!(IntCounter::with_opts(opts(
+                "backplane_resubscribe_commands_total",
+                "Subscribe commands sent to restore subscriptions after a lost connection or a topology change."
             ))),
             backplane_published: reg!(IntCounter::with_opts(opts(
                 "backplane_published_total",
@@ -292,6 +297,7 @@ mod tests {
             "switchboard_backplane_subscriptions",
             "switchboard_backplane_messages_received_total",
             "switchboard_backplane_reconnects_total",
+            "switchboard_backplane_resubscribe_commands_total",
             "switchboard_backplane_published_total",
             "switchboard_presence_lookups_total",
             "switchboard_store_query_duration_seconds_bucket",

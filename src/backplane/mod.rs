@@ -15,6 +15,7 @@
 //!
 //! [`Hub`]: crate::hub::Hub
 
+mod cluster;
 mod envelope;
 mod memory;
 mod redis;
@@ -27,6 +28,7 @@ use thiserror::Error;
 
 use crate::model::{GroupId, UserId};
 
+pub use cluster::{Partitions, RedisClusterBackplane, slot};
 pub use envelope::Envelope;
 pub use memory::{MemoryBackplane, MemoryBus};
 pub use redis::RedisBackplane;
@@ -89,6 +91,8 @@ pub enum BackplaneError {
     Timeout,
     #[error("backplane closed")]
     Closed,
+    #[error("backplane not connected yet")]
+    NotConnected,
     #[error("--routing node needs Redis for its presence store")]
     NeedsRedis,
 }

@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 
 /// Bound on one Redis round trip; a dead Redis must not hang a request.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most channels named by one SUBSCRIBE.
+const SUBSCRIBE_CHUNK: usize = 1000;
 /// How often an idle pub/sub connection is pinged to notice a half-open socket.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -178,6 +180,7 @@ impl Subscriber {
             self.metrics.backplane_subscriptions.set(self.wanted.len() as i64);
             if connected_before {
                 self.metrics.backplane_reconnects.inc();
+                self.metrics.backplane_resubscribes.inc_by(all.len().div_ceil(SUBSCRIBE_CHUNK) as u64);
                 tracing::info!(channels = all.len(), "redis pub/sub reconnected and resubscribed");
             }
             connected_before = true;
@@ -296,7 +299,7 @@ impl Subscriber {
 
 async fn subscribe_all(sink: &mut PubSubSink, names: &[String]) -> Result<(), ()> {
     // Large sets go in slices so one command stays a reasonable size.
-    for chunk in names.chunks(1000) {
+    for chunk in names.chunks(SUBSCRIBE_CHUNK) {
         timed(sink.subscribe(chunk)).await?;
     }
     Ok(())
@@ -314,7 +317,7 @@ async fn timed<F: std::future::Future<Output = redis::RedisResult<()>>>(f: F) ->
 }
 
 /// Backoff plus up to 50% jitter so that a fleet does not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
+pub(super) fn jitter(d: Duration) -> Duration {
     use rand::RngExt;
     let extra = rand::rng().random_range(0..=d.as_millis() as u64 / 2);
     d + Duration::from_millis(extra)
