@@ -24,7 +24,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
 async fn a_master_killed_under_traffic_fails_over_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = RedisCluster::start(3).await;
+    let mut cluster = RedisCluster::start().await;
     let database = format!("{}/{}", common::MYSQL_ROOT, unique("cluster"));
     let env = vec![
         ("DATABASE_URL".to_owned(), database),
@@ -66,7 +66,7 @@ async fn metric(node: &Proc, name: &str) -> f64 {
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn the_redis_crates_cluster_resubscription_fails_with_crossslot() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = RedisCluster::start(3).await;
+    let mut cluster = RedisCluster::start().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
     let client = redis::cluster::ClusterClient::builder(cluster.urls())
         .use_protocol(redis::ProtocolVersion::RESP3)
@@ -96,7 +96,7 @@ async fn the_redis_crates_cluster_resubscription_fails_with_crossslot() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(heard(&mut rx), 2, "both channels deliver before the failover");
 
-    let owner = cluster_owner_of(&cluster, slot(names[0].as_bytes()));
+    let owner = cluster.owner_of(slot(names[0].as_bytes()));
     cluster.kill(owner);
     cluster.wait_failover(owner).await;
     // Give the crate every chance: publishes make it notice the new topology.
@@ -108,27 +108,4 @@ async fn the_redis_crates_cluster_resubscription_fails_with_crossslot() {
     publish(&mut conn).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(heard(&mut rx), 0, "the crate resubscribed across slots: its CROSSSLOT problem is gone");
-}
-
-/// The port of the master serving `slot`.
-fn cluster_owner_of(cluster: &RedisCluster, slot: u16) -> u16 {
-    let port = cluster.masters()[0];
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "CLUSTER", "SLOTS"])
-        .output()
-        .expect("redis-cli");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
-    // Each range prints: first slot, last slot, master host, master port, master id, replicas...
-    let mut i = 0;
-    while i + 3 < lines.len() {
-        if let (Ok(lo), Ok(hi)) = (lines[i].trim().parse::<u16>(), lines[i + 1].trim().parse::<u16>())
-            && lines[i + 2].trim() == "127.0.0.1"
-            && (lo..=hi).contains(&slot)
-        {
-            return lines[i + 3].trim().parse().expect("port");
-        }
-        i += 1;
-    }
-    panic!("no owner for slot {slot} in {text}");
 }

@@ -132,51 +132,30 @@ pub async fn mariadb() -> Service {
     s
 }
 
-/// A Redis Cluster of `masters` masters with one replica each, on loopback, in its own
-/// directories; every process is killed on drop.
+/// A Redis Cluster of 3 masters and 3 replicas on loopback (`scripts/redis-cluster.sh`),
+/// killed on drop.
 pub struct RedisCluster {
-    pub nodes: Vec<Service>,
+    pub ports: Vec<u16>,
+    dir: TempDir,
 }
 
 impl RedisCluster {
-    pub async fn start(masters: usize) -> RedisCluster {
-        let mut nodes = Vec::new();
-        for _ in 0..masters * 2 {
-            let mut s = Service {
-                name: "redis-cluster",
-                port: cluster_port(),
-                dir: TempDir::new(),
-                child: None,
-                command: |s| {
-                    let mut c = Command::new("redis-server");
-                    c.args(["--bind", "127.0.0.1", "--port", &s.port.to_string(), "--save", "", "--appendonly", "no"]);
-                    c.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1500"]);
-                    // A replica fails over however fresh its copy (a test kills masters
-                    // moments after the cluster formed).
-                    c.args(["--cluster-replica-validity-factor", "0"]);
-                    c.args(["--cluster-config-file", "nodes.conf"]);
-                    c.current_dir(&s.dir.path);
-                    c
-                },
-            };
-            s.start().await;
-            nodes.push(s);
-        }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        let cluster = RedisCluster { nodes };
-        cluster.wait_ok().await;
+    pub async fn start() -> RedisCluster {
+        let dir = TempDir::new();
+        let base = cluster_base_port();
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh"))
+            .arg("start")
+            .arg(&dir.path)
+            .arg(base.to_string())
+            .status()
+            .expect("scripts/redis-cluster.sh");
+        let cluster = RedisCluster { ports: (base..base + 6).collect(), dir };
+        assert!(status.success(), "the Redis Cluster did not start");
         cluster
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
     }
 
     /// `REDIS_CLUSTER_URLS`: every node.
@@ -184,38 +163,40 @@ impl RedisCluster {
         self.urls().join(",")
     }
 
-    /// Waits until every live node reports `cluster_state:ok` and agrees on the masters.
-    pub async fn wait_ok(&self) {
-        for _ in 0..300 {
-            let ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
-                cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-                    && cli(n.port, &["CLUSTER", "NODES"]).matches("master").count() >= 3
-            });
-            if ok {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the Redis Cluster did not reach cluster_state:ok");
+    fn live(&self) -> u16 {
+        *self.ports.iter().find(|p| cli(**p, &["PING"]).contains("PONG")).expect("a live node")
     }
 
     /// Ports of the current masters (as a live node sees them), excluding failed ones.
     pub fn masters(&self) -> Vec<u16> {
-        let live = self.nodes.iter().find(|n| n.is_running()).expect("a live node");
-        cli(live.port, &["CLUSTER", "NODES"])
+        cli(self.live(), &["CLUSTER", "NODES"])
             .lines()
             .filter(|l| l.contains("master") && !l.contains("fail"))
             .filter_map(|l| l.split_whitespace().nth(1)?.split('@').next()?.rsplit(':').next()?.parse().ok())
             .collect()
     }
 
+    /// The port of the master serving `slot`.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let nodes = cli(self.live(), &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let owns = fields.iter().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+                });
+                owns.then(|| fields[1].split('@').next()?.rsplit(':').next()?.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no master owns slot {slot}: {nodes}"))
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
-        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node on that port");
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let pid = std::fs::read_to_string(format!("{}/{port}/redis.pid", self.dir.path)).expect("pid file");
+        let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).status();
     }
 
     /// Waits until a replica has taken over the killed master's slots.
@@ -223,19 +204,20 @@ impl RedisCluster {
         for _ in 0..300 {
             let masters = self.masters();
             if masters.len() >= 3 && !masters.contains(&killed) {
-                self.wait_ok().await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let live = self.nodes.iter().find(|n| n.is_running()).expect("a live node");
-        panic!("no failover after killing {killed}: {}", cli(live.port, &["CLUSTER", "NODES"]));
+        panic!("no failover after killing {killed}: {}", cli(self.live(), &["CLUSTER", "NODES"]));
     }
 }
 
-impl Service {
-    fn is_running(&self) -> bool {
-        self.child.is_some()
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir.path)
+            .status();
     }
 }
 
@@ -244,12 +226,17 @@ fn cli(port: u16, args: &[&str]) -> String {
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
-/// A free port whose cluster bus port (port + 10000) is free too.
-fn cluster_port() -> u16 {
+/// A base port whose next six ports and their cluster bus ports (+10000) are free.
+fn cluster_base_port() -> u16 {
+    use rand::RngExt;
     loop {
-        let port = free_port();
-        if port < 55000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
-            return port;
+        let base = rand::rng().random_range(20000..50000u16);
+        let free = (base..base + 6).all(|p| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        });
+        if free {
+            return base;
         }
     }
 }
