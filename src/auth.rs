@@ -17,9 +17,9 @@
 use hyper::StatusCode;
 use ring::hmac;
 
-use crate::app::AppState;
 use crate::http::ApiError;
 use crate::model::UserId;
+use crate::state::AppState;
 
 struct Key {
     id: String,
@@ -81,7 +81,7 @@ impl Tokens {
             .ok_or(TokenError::Invalid)?;
         let tag = decode_hex(tag).ok_or(TokenError::Invalid)?;
         hmac::verify(&key.key, claims.as_bytes(), &tag).map_err(|_| TokenError::Invalid)?;
-        let user = crate::http::parse_id(&serde_json::Value::String(user.to_owned())).ok_or(TokenError::Invalid)?;
+        let user = crate::model::parse_id(user).ok_or(TokenError::Invalid)?;
         let expires: i64 = expires.parse().map_err(|_| TokenError::Invalid)?;
         if expires <= now {
             return Err(TokenError::Expired);

@@ -27,10 +27,10 @@ use super::coalesce::Coalesce;
 use super::cursor::{Cursors, Offer};
 use super::protocol::{self, ClientFrame, MAX_ACK_IDS, close};
 use super::reader::{FrameReader, Incoming};
-use super::reads::CatchUp;
-use crate::app::AppState;
 use crate::hub::{Delivery, Outbound, SessionHandle};
 use crate::model::{GroupId, Message, Seq, UserId, now_ms, now_us};
+use crate::reads::CatchUp;
+use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
 
