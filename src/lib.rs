@@ -24,6 +24,7 @@
 //! - [`agent`]: the HAProxy agent-check answer (`ready`, `drain`, `maint`).
 //! - [`limits`]: per-user send rate limiting; [`auth`]: the optional signed-token mode and
 //!   who may call which route in it.
+//! - [`backoff`]: exponential backoff plus jitter, the one formula of every retry and reconnect.
 //! - [`tls`]: the trust (system roots plus an optional CA file) of TLS to every backend.
 //! - [`batch`]: the sharded group-commit batcher under [`commit`].
 //! - [`metrics`]: the node's Prometheus registry.
@@ -37,6 +38,7 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod backplane;
 pub mod batch;
 pub mod checker;
