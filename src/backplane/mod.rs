@@ -87,8 +87,6 @@ pub enum BackplaneError {
     Redis(#[from] ::redis::RedisError),
     #[error("backplane timed out")]
     Timeout,
-    #[error("backplane closed")]
-    Closed,
     #[error("--routing node needs Redis for its presence store")]
     NeedsRedis,
 }
