@@ -19,7 +19,6 @@ use ring::hmac;
 
 use crate::http::ApiError;
 use crate::model::UserId;
-use crate::state::AppState;
 
 struct Key {
     id: String,
@@ -101,8 +100,8 @@ pub enum Caller {
 
 /// The caller of a request carrying `token` (from `Authorization: Bearer`, a `token` field
 /// or a `token` query parameter). In token mode a missing, invalid or expired token is 401.
-pub fn caller(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
-    let Some(tokens) = &state.tokens else { return Ok(Caller::Anyone) };
+pub fn caller(tokens: Option<&Tokens>, token: Option<&str>) -> Result<Caller, ApiError> {
+    let Some(tokens) = tokens else { return Ok(Caller::Anyone) };
     let now = crate::model::now_ms() / 1000;
     tokens.verify(token, now).map(Caller::User).map_err(|e| {
         let (code, detail) = match e {

@@ -56,7 +56,7 @@ pub async fn register(state: &AppState, f: Fields) -> Reply {
 
 pub async fn create_group(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let created_by = f.require_id("created_by")?;
-    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(created_by)?;
+    auth::caller(state.tokens.as_ref(), request_token(&f, bearer)?.as_deref())?.require(created_by)?;
     let name = match f.text("name")?.or(f.text("groupName")?) {
         Some(n) if !n.trim().is_empty() => clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?,
         _ => "Conversation".to_owned(),
@@ -111,7 +111,7 @@ async fn announce_group(state: &AppState, group: &Group) {
 
 pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
-    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
+    auth::caller(state.tokens.as_ref(), request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
     let (content, client_msg_id) = message_text(state, &f)?;
     let (group_id, members) = target(state, &f, sender_id).await?;
     require_member(state, sender_id, &members).await?;

@@ -157,7 +157,7 @@ pub fn request_token(fields: &Fields, bearer: Option<String>) -> Result<Option<S
 /// The query string of a GET and who it comes from (401 in token mode without a valid token).
 fn query_caller<B>(state: &AppState, req: &Request<B>) -> Result<(Fields, Caller), ApiError> {
     let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes())?;
-    let caller = auth::caller(state, request_token(&query, bearer_token(req))?.as_deref())?;
+    let caller = auth::caller(state.tokens.as_ref(), request_token(&query, bearer_token(req))?.as_deref())?;
     Ok((query, caller))
 }
 

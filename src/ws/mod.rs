@@ -46,7 +46,7 @@ pub async fn upgrade(
     }
     let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes()).map_err(|e| reject("bad_request", e))?;
     let token = request_token(&query, bearer_token(&req)).map_err(|e| reject("bad_request", e))?;
-    let caller = crate::auth::caller(state, token.as_deref()).map_err(|e| reject("unauthorized", e))?;
+    let caller = crate::auth::caller(state.tokens.as_ref(), token.as_deref()).map_err(|e| reject("unauthorized", e))?;
     caller.require(user_id).map_err(|e| reject("forbidden", e))?;
     if state.metrics.ws_connections.get() >= config.max_connections as i64 {
         limited("connections");
