@@ -27,35 +27,12 @@ use crate::inbox::{self, Inbox, InboxError, Recorder, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
-use crate::routing::{self, Keyspace, Presence, StoreDirectory};
+use crate::reads::HandshakeReads;
+use crate::routing::{self, Keyspace, StoreDirectory};
+use crate::state::AppState;
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
-use crate::ws::HandshakeReads;
 use crate::ws::protocol::close;
-
-/// Everything a request handler or session needs, shared by reference count.
-pub struct AppState {
-    pub config: Config,
-    pub node: String,
-    pub store: Arc<dyn Store>,
-    pub inbox: Arc<dyn Inbox>,
-    pub hub: Arc<Hub>,
-    /// Writes delivery positions in coalesced batches.
-    pub recorder: Recorder,
-    /// The handshake's heads and positions reads, batched across concurrent handshakes.
-    pub reads: HandshakeReads,
-    pub metrics: Arc<Metrics>,
-    pub lifecycle: Lifecycle,
-    /// Every WebSocket session task; the drain waits on it.
-    pub sessions: TaskTracker,
-    pub send_limiter: RateLimiter,
-    /// Group commit of concurrent sends: store, then publish.
-    pub commits: Commits,
-    /// Present in signed-token mode.
-    pub tokens: Option<Tokens>,
-    /// Where users are connected (`--routing node` only).
-    pub presence: Option<Arc<Presence>>,
-}
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -187,14 +164,13 @@ impl App {
     }
 
     /// Serves until a drain (signal, admin call, agent or `lifecycle().drain()`) completes.
-    pub async fn run(self, public: TcpListener, admin: Option<TcpListener>, agent: Option<TcpListener>) {
+    pub async fn run(self, public: TcpListener, admin: TcpListener, agent: Option<TcpListener>) {
         let state = self.state;
         let stop = CancellationToken::new();
-        let mut servers = Vec::new();
-        servers.push(tokio::spawn(http::serve(public, state.clone(), Listener::Public, stop.clone())));
-        if let Some(admin) = admin {
-            servers.push(tokio::spawn(http::serve(admin, state.clone(), Listener::Admin, stop.clone())));
-        }
+        let servers = [
+            tokio::spawn(http::serve(public, state.clone(), Listener::Public, stop.clone())),
+            tokio::spawn(http::serve(admin, state.clone(), Listener::Admin, stop.clone())),
+        ];
         if let Some(agent) = agent {
             tokio::spawn(crate::agent::serve(agent, state.lifecycle.clone(), stop.clone()));
         }
@@ -291,7 +267,7 @@ async fn upkeep(state: Arc<AppState>) {
         tokio::select! {
             _ = sweep.tick() => state.send_limiter.sweep(),
             _ = health.tick() => {
-                let _ = http::readiness(&state).await;
+                state.check_backends().await;
             }
         }
     }

@@ -22,6 +22,7 @@ use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 
+use crate::backoff::{Backoff, Jitter};
 use crate::model::{GroupId, MessageId, UserId};
 use crate::ws::protocol::close;
 
@@ -39,11 +40,9 @@ pub enum ClientError {
     Status { status: StatusCode, body: Value },
 }
 
-/// The reconnect delay for `attempt` (0-based).
+/// The reconnect delay for `attempt` (0-based): [`Backoff`] with up to 1 s of jitter.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    use rand::RngExt;
-    let exp = base.saturating_mul(2u32.saturating_pow(attempt.min(20)));
-    exp.min(cap) + Duration::from_millis(rand::rng().random_range(0..=1000))
+    Backoff { base, cap, jitter: Jitter::UpTo(Duration::from_secs(1)) }.delay(attempt)
 }
 
 /// Whether a client should reconnect after the server closed with `code`.
@@ -314,17 +313,6 @@ impl WsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_plus_jitter() {
-        let base = Duration::from_millis(500);
-        let cap = Duration::from_secs(30);
-        for attempt in 0..30 {
-            let d = backoff(attempt, base, cap);
-            let floor = (base * 2u32.pow(attempt.min(20))).min(cap);
-            assert!(d >= floor && d <= floor + Duration::from_millis(1000), "attempt {attempt}: {d:?}");
-        }
-    }
 
     #[test]
     fn only_normal_and_policy_closes_stop_the_client() {

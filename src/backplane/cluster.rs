@@ -258,7 +258,7 @@ impl Subscriber {
             }
             // Remember wishes meanwhile and release barriers: the first check subscribes
             // everything and emits `Resynced`.
-            let pause = tokio::time::sleep(super::redis::jitter(CHECK_EVERY));
+            let pause = tokio::time::sleep(CHECK_EVERY + crate::backoff::random_up_to(CHECK_EVERY / 2));
             tokio::pin!(pause);
             loop {
                 tokio::select! {

@@ -89,8 +89,6 @@ pub enum BackplaneError {
     Redis(#[from] ::redis::RedisError),
     #[error("backplane timed out")]
     Timeout,
-    #[error("backplane closed")]
-    Closed,
     #[error("backplane not connected yet")]
     NotConnected,
     #[error("--routing node needs Redis for its presence store")]

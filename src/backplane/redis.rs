@@ -140,7 +140,7 @@ struct Subscriber {
 
 impl Subscriber {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0;
         let mut connected_before = false;
         loop {
             // Connect, applying commands meanwhile so callers never wait on a dead Redis.
@@ -151,11 +151,12 @@ impl Subscriber {
             let (mut sink, mut stream) = match pubsub {
                 Ok(Ok(p)) => p.split(),
                 failed => {
+                    let backoff = RECONNECT.delay(failures);
                     if let Ok(Err(e)) = failed {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis pub/sub connect failed");
                     }
                     self.metrics.backend_up.with_label_values(&["backplane"]).set(0);
-                    let deadline = tokio::time::sleep(jitter(backoff));
+                    let deadline = tokio::time::sleep(backoff);
                     tokio::pin!(deadline);
                     loop {
                         tokio::select! {
@@ -167,7 +168,7 @@ impl Subscriber {
                             },
                         }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    failures += 1;
                     continue;
                 }
             };
@@ -175,7 +176,7 @@ impl Subscriber {
             if !all.is_empty() && subscribe_all(&mut sink, &all).await.is_err() {
                 continue;
             }
-            backoff = Duration::from_millis(100);
+            failures = 0;
             self.metrics.backend_up.with_label_values(&["backplane"]).set(1);
             self.metrics.backplane_subscriptions.set(self.wanted.len() as i64);
             if connected_before {
@@ -316,9 +317,10 @@ async fn timed<F: std::future::Future<Output = redis::RedisResult<()>>>(f: F) ->
     }
 }
 
-/// Backoff plus up to 50% jitter so that a fleet does not reconnect in lockstep.
-pub(super) fn jitter(d: Duration) -> Duration {
-    use rand::RngExt;
-    let extra = rand::rng().random_range(0..=d.as_millis() as u64 / 2);
-    d + Duration::from_millis(extra)
-}
+/// Reconnect delay: 100 ms doubling to 5 s, plus up to 50% jitter so that a fleet does not
+/// reconnect in lockstep.
+const RECONNECT: crate::backoff::Backoff = crate::backoff::Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+    jitter: crate::backoff::Jitter::Percent(50),
+};

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard::backoff::random_up_to as jitter;
 use switchboard::checker::Checker;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -153,14 +154,6 @@ async fn connect(sh: &Shared, user: UserId, index: usize, storm: bool) -> Result
     sh.handshake.record(t1.as_micros() as u64);
     if storm { &sh.reconnect } else { &sh.connect }.record(t2.as_micros() as u64);
     Ok(live)
-}
-
-fn jitter(max: Duration) -> Duration {
-    use rand::RngExt;
-    if max.is_zero() {
-        return max;
-    }
-    Duration::from_micros(rand::rng().random_range(0..=max.as_micros() as u64))
 }
 
 /// One client until `Stop`.

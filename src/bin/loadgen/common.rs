@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use switchboard::client::Api;
 use tokio::task::JoinSet;
@@ -15,9 +15,7 @@ use tokio::task::JoinSet;
 pub type UserId = i64;
 pub type GroupId = i64;
 
-pub fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
-}
+pub use switchboard::model::now_us;
 
 pub fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs: Result<Vec<SocketAddr>, _> = s.split(',').filter(|p| !p.is_empty()).map(str::parse).collect();
