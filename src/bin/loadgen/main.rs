@@ -24,23 +24,14 @@
 //! destination the ephemeral ports run out: `--sources 127.0.0.1,127.0.0.2,...` binds client
 //! sockets to several loopback addresses, round-robin.
 
-#[path = "loadgen/bloom.rs"]
 mod bloom;
-#[path = "loadgen/chat.rs"]
 mod chat;
-#[path = "loadgen/client.rs"]
 mod client;
-#[path = "loadgen/common.rs"]
 mod common;
-#[path = "loadgen/connections.rs"]
 mod connections;
-#[path = "loadgen/fleet.rs"]
 mod fleet;
-#[path = "loadgen/hist.rs"]
 mod hist;
-#[path = "loadgen/procs.rs"]
 mod procs;
-#[path = "loadgen/ws.rs"]
 mod ws;
 
 use std::net::SocketAddr;
