@@ -29,18 +29,16 @@ mod chat;
 mod client;
 mod common;
 mod connections;
+mod dial;
 mod fleet;
 mod hist;
 mod procs;
-mod ws;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use switchboard::client::Api;
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for Switchboard (loopback only)")]
@@ -198,19 +196,11 @@ enum Cmd {
     },
 }
 
-struct Resolved {
-    targets: Vec<SocketAddr>,
-    apis: Vec<SocketAddr>,
-    admin: Vec<SocketAddr>,
-    sources: Vec<std::net::IpAddr>,
-    watch: Vec<u32>,
-}
-
-fn resolve(c: &Common) -> Result<Resolved, String> {
-    let targets = common::parse_addrs(&c.target)?;
+fn resolve(c: &Common) -> Result<common::Target, String> {
+    let ws = common::parse_addrs(&c.target)?;
     let apis = match &c.api {
         Some(a) => common::parse_addrs(a)?,
-        None => targets.clone(),
+        None => ws.clone(),
     };
     let admin = match &c.admin {
         Some(a) => common::parse_addrs(a)?,
@@ -228,7 +218,7 @@ fn resolve(c: &Common) -> Result<Resolved, String> {
             .collect::<Result<_, _>>()?,
         None => Vec::new(),
     };
-    Ok(Resolved { targets, apis, admin, sources, watch })
+    Ok(common::Target { ws, apis, admin, sources, node_pid: c.node_pid, watch })
 }
 
 fn main() -> ExitCode {
@@ -284,22 +274,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             fleet::run(opts).await
         }
         Cmd::Chat { common, pairs, group_size, rate, duration, warmup, ack, max_backlog, linger, content_bytes } => {
-            let r = resolve(&common)?;
+            let target = resolve(&common)?;
             if group_size < 2 || pairs == 0 || rate <= 0.0 {
                 return Err("chat needs --group-size >= 2, --pairs >= 1 and --rate > 0".into());
             }
-            let api = Api::new(r.apis[0]);
             let cache = common
                 .users_file
                 .clone()
-                .unwrap_or_else(|| common::default_cache("chat", pairs, group_size, r.apis[0]));
-            let groups = common::setup_groups(&api, pairs, group_size, Some(&cache)).await?;
+                .unwrap_or_else(|| common::default_cache("chat", pairs, group_size, target.apis[0]));
+            let groups = common::setup_groups(&target.api(0), pairs, group_size, Some(&cache)).await?;
             let opts = chat::ChatOpts {
-                targets: r.targets,
-                apis: r.apis,
-                admin: r.admin,
-                node_pid: common.node_pid,
-                watch: r.watch,
+                target,
                 rate,
                 duration: Duration::from_secs(duration),
                 warmup: Duration::from_secs(warmup.min(duration.saturating_sub(1))),
@@ -351,14 +336,8 @@ fn conn_opts(
     procs: usize,
     connect_timeout: u64,
 ) -> Result<connections::ConnOpts, String> {
-    let r = resolve(common)?;
     Ok(connections::ConnOpts {
-        targets: r.targets,
-        apis: r.apis,
-        admin: r.admin,
-        sources: r.sources,
-        node_pid: common.node_pid,
-        watch: r.watch,
+        target: resolve(common)?,
         count,
         ramp,
         heartbeat,
@@ -379,17 +358,16 @@ async fn multi(common: Common, opts: connections::ConnOpts, storm: bool, group_s
     let cache = common
         .users_file
         .clone()
-        .unwrap_or_else(|| common::default_cache(kind, groups_needed, group_size, opts.apis[0]));
+        .unwrap_or_else(|| common::default_cache(kind, groups_needed, group_size, opts.target.apis[0]));
+    let api = opts.target.api(0);
     match &common.shard {
         Some(shard) => {
             let shard = procs::parse_shard(shard)?;
             // The parent wrote the cache; read it without probing the node again.
-            let api = Api::new(opts.apis[0]);
             let groups = common::setup_groups(&api, groups_needed, group_size.max(1), Some(&cache)).await?;
             connections::child(opts, storm, groups, shard).await
         }
         None => {
-            let api = Api::new(opts.apis[0]);
             common::setup_groups(&api, groups_needed, group_size.max(1), Some(&cache)).await?;
             connections::parent(opts, storm, &cache).await
         }
