@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{Count, CpuWatch, Failures, Group, Target, UserId, now_us, scrape};
 use super::dial;
 use super::hist::{Histogram, ms};
+use super::progress::{Progress, Snapshot};
 
 pub struct ChatOpts {
     pub target: Target,
@@ -28,6 +29,8 @@ pub struct ChatOpts {
     pub max_backlog: usize,
     pub linger: Duration,
     pub content_bytes: usize,
+    /// Between progress lines on stderr (zero: none).
+    pub progress: Duration,
 }
 
 #[derive(Default)]
@@ -116,6 +119,16 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
     let cpu = CpuWatch::start(&watched);
     let delivered0 = server_delivered(&o.target.admin).await;
 
+    let progress = Progress::start("chat".into(), o.progress, {
+        let s = stats.clone();
+        move || Snapshot {
+            sent: s.accepted.get(),
+            received: s.deliveries.get(),
+            errors: s.errors.total(),
+            extra: format!("skipped={} receiver_reconnects={}", s.skipped.get(), s.reconnects.total()),
+        }
+    });
+
     // The open-loop schedule: message k is due at start + k / rate.
     let total = (o.rate * o.duration.as_secs_f64()).round() as u64;
     let step_us = 1e6 / o.rate;
@@ -164,6 +177,7 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     report = checker.report();
+    drop(progress);
     let rss1 = o.target.node_rss().await;
     let delivered1 = server_delivered(&o.target.admin).await;
     stop.cancel();

@@ -21,6 +21,7 @@ use super::client::{self, Phase, Shared};
 use super::common::{CpuWatch, Failures, Group, Target, UserId, field, node_connections, now_us, parallel};
 use super::hist::{Histogram, ms};
 use super::procs::{Children, Commands, emit};
+use super::progress::{Progress, Snapshot};
 
 pub struct ConnOpts {
     pub target: Target,
@@ -30,6 +31,8 @@ pub struct ConnOpts {
     pub hold: Duration,
     pub procs: usize,
     pub connect_timeout: Duration,
+    /// Between progress lines on stderr (zero: none).
+    pub progress: Duration,
     // storm only
     pub missed: usize,
     pub base: Duration,
@@ -77,6 +80,16 @@ pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, 
         let index = i * shard.1 + shard.0;
         tasks.push(tokio::spawn(client::run(sh.clone(), u, index, phase_rx.clone())));
     }
+    let label = format!("{}[{}/{}]", if storm { "storm" } else { "connections" }, shard.0, shard.1);
+    let progress = Progress::start(label, o.progress, {
+        let sh = sh.clone();
+        move || Snapshot {
+            sent: sh.heartbeats.get(),
+            received: sh.heartbeat_acks.get() + sh.messages.get(),
+            errors: sh.failures.total() + sh.closes.total(),
+            extra: format!("online={} gave_up={}", sh.online.get(), sh.gave_up.get()),
+        }
+    });
     while (sh.first_connects.get() + sh.gave_up.get()) < users.len() as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -159,6 +172,7 @@ pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, 
             other => emit("error", &format!("unknown command {other:?}")),
         }
     }
+    drop(progress);
     // Let late duplicates and the acks of the last heartbeats arrive before the verdict.
     sh.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;

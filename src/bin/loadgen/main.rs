@@ -33,6 +33,7 @@ mod dial;
 mod fleet;
 mod hist;
 mod procs;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,9 @@ struct Common {
     /// Cache of registered users and groups (reused when it fits the target).
     #[arg(long)]
     users_file: Option<PathBuf>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5)]
+    progress: u64,
     /// Internal: this process is child I of N.
     #[arg(long, hide = true)]
     shard: Option<String>,
@@ -81,6 +85,7 @@ enum Cmd {
     Connections {
         #[command(flatten)]
         common: Common,
+        /// WebSockets to open, all processes together.
         #[arg(long, default_value_t = 1000)]
         count: usize,
         /// Seconds to hold the connections once all are open.
@@ -98,6 +103,7 @@ enum Cmd {
         /// Users come in groups of this size (so each handshake subscribes a group); 1 = none.
         #[arg(long, default_value_t = 2)]
         group_size: usize,
+        /// Seconds a connection attempt (TCP, upgrade, hello) may take before it counts as failed.
         #[arg(long, default_value_t = 30)]
         connect_timeout: u64,
     },
@@ -108,6 +114,7 @@ enum Cmd {
         /// Number of groups (pairs when --group-size is 2); member 0 of each sends.
         #[arg(long, default_value_t = 100)]
         pairs: usize,
+        /// Members per group: one sender and group-size - 1 connected receivers.
         #[arg(long, default_value_t = 2)]
         group_size: usize,
         /// Messages per second, all groups together.
@@ -136,6 +143,7 @@ enum Cmd {
     Storm {
         #[command(flatten)]
         common: Common,
+        /// Clients that connect, drop and come back, all processes together.
         #[arg(long, default_value_t = 1000)]
         count: usize,
         /// Users per group; one message to a group reaches size-1 absent clients.
@@ -144,18 +152,23 @@ enum Cmd {
         /// Messages sent to each group while its members are away.
         #[arg(long, default_value_t = 1)]
         missed: usize,
+        /// Handshakes in flight per process during the initial ramp.
         #[arg(long, default_value_t = 256)]
         ramp: usize,
+        /// Child processes to spread the clients over.
         #[arg(long, default_value_t = 1)]
         procs: usize,
-        /// Reconnect delay: base + random(0, jitter), in ms (docs/protocol.md uses random(0, 1000)).
+        /// Fixed part of the reconnect delay in ms: each client waits base + random(0, jitter)
+        /// (docs/protocol.md uses random(0, 1000)).
         #[arg(long, default_value_t = 0)]
         base_ms: u64,
+        /// Upper bound of the random part of the reconnect delay, in ms.
         #[arg(long, default_value_t = 1000)]
         jitter_ms: u64,
         /// Seconds to wait for recovery before reporting it as not reached.
         #[arg(long, default_value_t = 60)]
         recover_timeout: u64,
+        /// Seconds a connection attempt (TCP, upgrade, hello) may take before it counts as failed.
         #[arg(long, default_value_t = 30)]
         connect_timeout: u64,
     },
@@ -167,6 +180,7 @@ enum Cmd {
         /// Fleet sizes, comma-separated; each is run in every mode.
         #[arg(long, default_value = "10,50,200", value_parser = fleet::parse_counts)]
         nodes: std::vec::Vec<usize>,
+        /// Simulated users (at least 100), placed on random nodes.
         #[arg(long, default_value_t = 5000)]
         users: usize,
         /// Messages per second, the whole fleet together.
@@ -190,6 +204,9 @@ enum Cmd {
         /// `--presence-cache-ms` of the simulated nodes.
         #[arg(long, default_value_t = 1000)]
         presence_cache_ms: u64,
+        /// Seconds between progress lines on stderr (0: none).
+        #[arg(long, default_value_t = 5)]
+        progress: u64,
         /// Internal: this child runs one `mode:nodes`.
         #[arg(long, hide = true)]
         one: Option<String>,
@@ -253,6 +270,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             payload,
             redis_port,
             presence_cache_ms,
+            progress,
             one,
         } => {
             if users < 100 || rate <= 0.0 || !(0.0..=1.0).contains(&group_share) || nodes.contains(&0) {
@@ -269,6 +287,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 payload,
                 redis_port,
                 presence_cache_ms,
+                progress: Duration::from_secs(progress),
                 one,
             };
             fleet::run(opts).await
@@ -292,6 +311,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 max_backlog,
                 linger: Duration::from_secs(linger),
                 content_bytes,
+                progress: Duration::from_secs(common.progress),
             };
             chat::run(opts, groups).await
         }
@@ -348,6 +368,7 @@ fn conn_opts(
         base: Duration::ZERO,
         jitter: Duration::from_millis(1000),
         recover_timeout: Duration::from_secs(60),
+        progress: Duration::from_secs(common.progress),
     })
 }
 
