@@ -311,9 +311,14 @@ impl<E> Drop for WsConn<E> {
     }
 }
 
+/// The session path of `user`, in at-least-once mode (`?ack=1`) when `ack`.
+pub fn ws_path(user: UserId, ack: bool) -> String {
+    format!("/ws/{user}{}", if ack { "?ack=1" } else { "" })
+}
+
 /// Opens `/ws/{user}` on `addr`. A refused upgrade comes back as `ClientError::Status`.
 pub async fn connect_ws(addr: SocketAddr, user: UserId, ack: bool) -> Result<WsConn, ClientError> {
-    connect_ws_path(addr, &format!("/ws/{user}{}", if ack { "?ack=1" } else { "" })).await
+    connect_ws_path(addr, &ws_path(user, ack)).await
 }
 
 pub async fn connect_ws_path(addr: SocketAddr, path: &str) -> Result<WsConn, ClientError> {

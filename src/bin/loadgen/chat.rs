@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::checker::Checker;
-use switchboard::client::{Api, RawEvent, ServerFrame};
+use switchboard::client::{Api, RawEvent, ServerFrame, ws_path};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -328,7 +328,7 @@ async fn receiver(
     addr: SocketAddr,
     stop: CancellationToken,
 ) {
-    let path = if o.ack { format!("/ws/{user}?ack=1") } else { format!("/ws/{user}") };
+    let path = ws_path(user, o.ack);
     let mut attempt = 0u32;
     let mut first = true;
     while !stop.is_cancelled() {
@@ -360,13 +360,10 @@ async fn receiver(
             let mut flush = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
-                    _ = hb.tick() => { if !dial::send_text(&writer, "heartbeat").await { return; } }
+                    _ = hb.tick() => { if !dial::sent(writer.send_text("heartbeat")).await { return; } }
                     _ = flush.tick(), if ack => {
                         let ids = std::mem::take(&mut *acks_w.lock().unwrap_or_else(|p| p.into_inner()));
-                        if !ids.is_empty() {
-                            let frame = serde_json::json!({ "type": "ack", "message_ids": ids }).to_string();
-                            if !dial::send_text(&writer, &frame).await { return; }
-                        }
+                        if !ids.is_empty() && !dial::sent(writer.ack(&ids)).await { return; }
                     }
                 }
             }
@@ -425,7 +422,7 @@ async fn receiver(
         match closed {
             None => return,
             Some(code) => {
-                s.reconnects.add(&code.map_or("dropped".to_owned(), |c| c.to_string()), 1);
+                s.reconnects.add(&dial::close_label(code), 1);
                 tokio::time::sleep(switchboard::client::backoff(0, Duration::from_millis(100), Duration::from_secs(3)))
                     .await;
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard::checker::Checker;
-use switchboard::client::{RawEvent, ServerFrame, WsConn};
+use switchboard::client::{RawEvent, ServerFrame, WsConn, ws_path};
 use tokio::sync::{Semaphore, watch};
 
 use super::common::{Count, Failures, Target, UserId, now_us};
@@ -98,7 +98,7 @@ type Live = WsConn<RawEvent>;
 
 /// Connects and waits for hello; records handshake (101) and connect (hello) latency.
 async fn connect(sh: &Shared, user: UserId, index: usize, storm: bool) -> Result<Live, ConnectError> {
-    let path = if sh.ack { format!("/ws/{user}?ack=1") } else { format!("/ws/{user}") };
+    let path = ws_path(user, sh.ack);
     let t0 = Instant::now();
     let (reader, writer) =
         dial::open(sh.target.ws_addr(index), sh.target.source(index), &path, sh.connect_timeout).await?;
@@ -214,7 +214,7 @@ pub async fn run(sh: Arc<Shared>, user: UserId, index: usize, mut phase: watch::
             }
             Outcome::Drop => drop(live),
             Outcome::Closed(code) => {
-                sh.closes.add(&code.map_or("dropped".to_owned(), |c| c.to_string()), 1);
+                sh.closes.add(&dial::close_label(code), 1);
                 drop(live);
                 let wait = switchboard::client::backoff(0, Duration::from_millis(100), Duration::from_secs(5));
                 tokio::select! {
@@ -268,15 +268,14 @@ async fn session(sh: &Shared, user: UserId, live: &mut Live, phase: &mut watch::
                 None => return Outcome::Closed(None),
             },
             _ = heartbeat.tick(), if sh.heartbeat => {
-                if !sh.quiet.load(std::sync::atomic::Ordering::Relaxed) && dial::send_text(live.writer(), "heartbeat").await {
+                if !sh.quiet.load(std::sync::atomic::Ordering::Relaxed) && dial::sent(live.writer().send_text("heartbeat")).await {
                     sh.heartbeats.add(1);
                 }
             }
             _ = flush.tick(), if sh.ack => {
                 if !acks.is_empty() {
-                    let frame = serde_json::json!({ "type": "ack", "message_ids": acks }).to_string();
+                    dial::sent(live.writer().ack(&acks)).await;
                     acks.clear();
-                    dial::send_text(live.writer(), &frame).await;
                 }
             }
         }

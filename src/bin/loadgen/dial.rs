@@ -113,9 +113,15 @@ fn failure_kind(e: &ClientError) -> &'static str {
     }
 }
 
-/// Sends a text frame; false when it failed or took more than 5 s.
-pub async fn send_text(writer: &WsWriter, text: &str) -> bool {
-    tokio::time::timeout(Duration::from_secs(5), writer.send_text(text)).await.is_ok_and(|r| r.is_ok())
+/// Waits for a write (`writer.send_text(..)`, `writer.ack(..)`); false when it failed or took
+/// more than 5 s.
+pub async fn sent(write: impl Future<Output = Result<(), ClientError>>) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), write).await.is_ok_and(|r| r.is_ok())
+}
+
+/// The failure-table label of a connection the server closed with `code` (`None`: dropped).
+pub fn close_label(code: Option<u16>) -> String {
+    code.map_or("dropped".to_owned(), |c| c.to_string())
 }
 
 /// Closes with 1000, waiting at most 2 s.
