@@ -446,6 +446,21 @@ mod tests {
     }
 
     #[test]
+    fn server_frames_parse_without_a_value_and_raw_events_convert() {
+        let text = br#"{"type":"message","message_id":7,"group_id":3,"sender_id":2,"content":"hi \"x\"","seq":7}"#;
+        let f = ServerFrame::parse(text).expect("a message frame");
+        assert_eq!((f.kind, f.message_id, f.group_id, f.sender_id), ("message", Some(7), Some(3), Some(2)));
+        assert_eq!(f.content.as_deref(), Some("hi \"x\""));
+        assert_eq!(ServerFrame::parse(br#"{"type":"heartbeat_ack"}"#).map(|f| f.kind), Some("heartbeat_ack"));
+        assert!(ServerFrame::parse(b"not json").is_none());
+        assert_eq!(WsEvent::from(RawEvent::Text(text.to_vec())).message_id(), Some(7));
+        assert_eq!(WsEvent::from(RawEvent::Text(b"plain".to_vec())), WsEvent::Text("plain".into()));
+        assert_eq!(WsEvent::from(RawEvent::Closed(Some(4000))), WsEvent::Closed(Some(4000)));
+        assert_eq!(ws_path(5, true), "/ws/5?ack=1");
+        assert_eq!(ws_path(5, false), "/ws/5");
+    }
+
+    #[test]
     fn only_normal_and_policy_closes_stop_the_client() {
         assert!(!reconnects(Some(1000)));
         assert!(!reconnects(Some(1008)));
