@@ -14,7 +14,8 @@
 //! (docs/routing.md).
 //!
 //! Each run ends with one `loadgen <command> key=value ...` line for scripts, after a
-//! human-readable table. Users and groups are registered once and cached in
+//! human-readable table; while it runs, a progress line goes to stderr every `--progress`
+//! seconds. Users and groups are registered once and cached in
 //! `--users-file` (default `target/loadgen/<command>-<port>-<groups>x<size>.users`), so
 //! repeated runs against the same database skip the setup.
 //!
