@@ -427,6 +427,7 @@ impl RedisStats {
 }
 
 /// The Redis of one run: a server of its own, or a cluster of its own for `sharded`.
+#[allow(clippy::large_enum_variant, reason = "one per run")]
 enum Redis {
     Single(RedisProc),
     Cluster(ClusterProc),
