@@ -1,8 +1,9 @@
 //! REST API tests (docs/api.md): every route with good and bad input, on the embedded node and
-//! on MySQL + Redis.
+//! on MySQL + Redis (ignored under a plain `cargo test`; `scripts/test` runs it).
 
 mod common;
 
+use common::step;
 use serde_json::{Value, json};
 use switchboard::client::Api;
 
@@ -12,8 +13,24 @@ fn assert_error(res: (hyper::StatusCode, Value), status: u16, code: &str) {
     assert!(res.1["detail"].as_str().is_some_and(|d| !d.is_empty()), "no detail: {}", res.1);
 }
 
+/// The whole API, in named steps (a failure names its step); later steps use what earlier
+/// ones created.
 async fn suite(api: Api) {
-    // Register: form and JSON, duplicates, bad names.
+    let api = &api;
+    let (alice, name, bob, bob_name, sqli) = step("register", register(api)).await;
+    step("malformed bodies", malformed_bodies(api)).await;
+    let group = step("create groups", groups(api, (alice, &name), (bob, &bob_name))).await;
+    step("pair dedupe race", pair_race(api)).await;
+    let fresh = step("send", sending(api, alice, bob, group)).await;
+    step("idempotent retry", idempotent_retry(api, alice, group)).await;
+    step("bad sends", bad_sends(api, alice, bob, fresh, group)).await;
+    step("history and group listing", history(api, alice, bob, group)).await;
+    step("people", people(api, (alice, &name), (bob, &bob_name), &sqli)).await;
+    step("routes and probes", routes(api)).await;
+}
+
+/// Register: form and JSON, duplicates, bad names. Returns alice, bob and an odd name.
+async fn register(api: &Api) -> (i64, String, i64, String, String) {
     let name = common::unique("alice");
     let (status, body) = api.post_form("/register", &[("username", &name)]).await.expect("register");
     assert_eq!(status, 200);
@@ -36,8 +53,11 @@ async fn suite(api: Api) {
     let sqli = format!("{}'); DROP TABLE users; --", common::unique("s"));
     let (status, body) = api.post_form("/register", &[("username", &sqli)]).await.expect("sqli");
     assert_eq!((status.as_u16(), body["username"].as_str()), (200, Some(sqli.as_str())));
+    (alice, name, bob, bob_name, sqli)
+}
 
-    // Malformed bodies are 4xx JSON, never 500.
+/// Malformed bodies are 4xx JSON, never 500.
+async fn malformed_bodies(api: &Api) {
     let bad = hyper::Request::post("/register")
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"username\":")))
@@ -48,8 +68,10 @@ async fn suite(api: Api) {
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"<x/>")))
         .expect("req");
     assert_error(api.request(bad).await.expect("xml"), 415, "unsupported_media_type");
+}
 
-    // Groups: the pair gets one group, from either side; unknown users are 404.
+/// Groups: the pair gets one group, from either side; unknown users are 404.
+async fn groups(api: &Api, (alice, name): (i64, &str), (bob, bob_name): (i64, &str)) -> i64 {
     let (status, g) = api
         .post_form(
             "/create_group",
@@ -91,8 +113,11 @@ async fn suite(api: Api) {
         "invalid_id",
     );
     assert_error(api.post_form("/create_group", &[("user_ids", "1")]).await.expect("x"), 400, "missing_field");
+    group
+}
 
-    // The pair-dedupe race: 20 concurrent calls, one id.
+/// The pair-dedupe race: 20 concurrent calls, one id.
+async fn pair_race(api: &Api) {
     let (c, d) =
         (api.register(&common::unique("c")).await.expect("c"), api.register(&common::unique("d")).await.expect("d"));
     let calls: Vec<_> = (0..20)
@@ -108,8 +133,10 @@ async fn suite(api: Api) {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
+}
 
-    // Sending.
+/// Sending, by group and by receiver. Returns a user outside `group`.
+async fn sending(api: &Api, alice: i64, bob: i64, group: i64) -> i64 {
     let (status, sent) = api.send(alice, group, "hello bob", None).await.expect("send");
     assert_eq!(status, 200, "{sent}");
     assert!(sent["message_id"].as_i64().is_some());
@@ -131,16 +158,19 @@ async fn suite(api: Api) {
         .expect("new pair");
     assert_eq!(status, 200, "{new_pair}");
     assert_ne!(new_pair["group_id"].as_i64(), Some(group));
+    fresh
+}
 
-    // Idempotent retry.
+async fn idempotent_retry(api: &Api, alice: i64, group: i64) {
     let (_, first) = api.send(alice, group, "once", Some("retry-1")).await.expect("first");
     let (status, retry) = api.send(alice, group, "once", Some("retry-1")).await.expect("retry");
     assert_eq!(status, 200);
     assert_eq!(retry["message_id"], first["message_id"]);
     assert_eq!(retry["duplicate"], true);
     assert_error(api.send(alice, group, "changed", Some("retry-1")).await.expect("reuse"), 409, "client_msg_id_reused");
+}
 
-    // Bad sends.
+async fn bad_sends(api: &Api, alice: i64, bob: i64, fresh: i64, group: i64) {
     let s = alice.to_string();
     let g = group.to_string();
     assert_error(api.send(fresh, group, "not mine", None).await.expect("x"), 403, "not_a_member");
@@ -177,8 +207,9 @@ async fn suite(api: Api) {
         400,
         "duplicate_field",
     );
+}
 
-    // History and group listing.
+async fn history(api: &Api, alice: i64, bob: i64, group: i64) {
     let (status, history) = api.get(&format!("/groups/{group}/messages?limit=500")).await.expect("history");
     assert_eq!(status, 200);
     let history = history.as_array().expect("array").clone();
@@ -198,10 +229,10 @@ async fn suite(api: Api) {
     assert!(groups.iter().any(|g| g["group_id"].as_i64() == Some(group) && g["members"] == json!([alice, bob])));
     assert_error(api.get("/users/999999999/groups").await.expect("x"), 404, "user_not_found");
     assert_error(api.get("/users/0/groups").await.expect("x"), 400, "invalid_id");
+}
 
-    people(&api, (alice, &name), (bob, &bob_name), &sqli).await;
-
-    // Unknown routes and methods, the page, probes.
+/// Unknown routes and methods, probes.
+async fn routes(api: &Api) {
     assert_error(api.get("/nope").await.expect("x"), 404, "route_not_found");
     assert_error(api.get("/register").await.expect("x"), 405, "method_not_allowed");
     let (status, _) = api.get("/healthz").await.expect("healthz");
@@ -281,17 +312,17 @@ async fn api_on_the_embedded_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn api_on_mysql_and_redis() {
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let (db, redis) = (common::mysql_url(), common::redis_url());
     let node = common::start(&["--database-url", &db, "--redis-url", &redis]).await;
     suite(node.api()).await;
     node.stop().await;
 }
 
-/// `GET /users/{id}/presence` (docs/api.md): 404 without a presence store; in `node`
-/// routing, online on as many nodes as hold the user's sessions, and offline once they left.
+/// `GET /users/{id}/presence` (docs/api.md): 404 without a presence store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_in_node_routing_only() {
+async fn presence_is_unavailable_without_a_presence_store() {
     let embedded = common::embedded(&[]).await;
     let user = common::users(&embedded.api(), 1).await[0];
     assert_error(
@@ -300,8 +331,14 @@ async fn presence_in_node_routing_only() {
         "presence_unavailable",
     );
     embedded.stop().await;
+}
 
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+/// `GET /users/{id}/presence` in `node` routing: online on as many nodes as hold the user's
+/// sessions, and offline once they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
+async fn presence_in_node_routing() {
+    let (db, redis) = (common::mysql_url(), common::redis_url());
     let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-cache-ms", "0"];
     let node = common::start(&args).await;
     let api = node.api();
@@ -339,8 +376,9 @@ async fn presence_in_node_routing_only() {
 /// A drained `node`-routing node deletes its liveness key once its sessions are gone, so the
 /// fleet stops routing to it at once instead of after `--presence-ttl-ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn a_drained_node_retires_its_presence() {
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+    let (db, redis) = (common::mysql_url(), common::redis_url());
     let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-ttl-ms", "60000"];
     let (a, b) = (common::start(&args).await, common::start(&args).await);
     let alive = || {

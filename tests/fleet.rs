@@ -134,8 +134,9 @@ async fn the_drain_timeout_cuts_clients_that_ignore_the_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB; scripts/test runs it"]
 async fn a_second_sigterm_finishes_the_drain_now() {
-    let Some(db) = common::mysql_url() else { return };
+    let db = common::mysql_url();
     let env = vec![("DATABASE_URL".to_owned(), db)];
     let mut node = common::Proc::spawn(&["--drain-timeout".into(), "120".into()], &env);
     node.ready().await;
@@ -185,8 +186,10 @@ async fn peak_reconnects_per_second(admins: Vec<SocketAddr>, stop: tokio_util::s
 /// (`--drain-close-rate 100000`), nodes 2 and 3 pace them at 40/s; the test prints the peak
 /// reconnect rate the surviving nodes see in each case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, HAProxy and redis-server; scripts/test runs it"]
 async fn a_rolling_restart_behind_haproxy_loses_nothing() {
-    let (Some(db), true) = (common::mysql_url(), common::program("haproxy")) else { return };
+    common::require_program("haproxy");
+    let db = common::mysql_url();
     let redis = common::services::redis().await;
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis.url())];
     let ports = [Ports::free(), Ports::free(), Ports::free()];
