@@ -439,9 +439,12 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
 }
 
-/// Every query of the dashboard (with its panel title and legend) and every rule of the
-/// rules file, read from the repository.
-fn project_exprs() -> (Vec<(Expr, String, String)>, Vec<(String, Expr)>) {
+/// Dashboard queries with their panel title and legend.
+type DashboardExprs = Vec<(Expr, String, String)>;
+
+/// Every query of the dashboard and every rule of the rules file (with its name), read from
+/// the repository.
+fn project_exprs() -> (DashboardExprs, Vec<(String, Expr)>) {
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("read dashboard")).expect("dashboard JSON");
     let dashboard_exprs = dashboard_exprs(&dashboard);
