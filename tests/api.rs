@@ -339,7 +339,7 @@ async fn presence_is_unavailable_without_a_presence_store() {
 #[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn presence_in_node_routing() {
     let (db, redis) = (common::mysql_url(), common::redis_url());
-    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-cache-ms", "0"];
+    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-cache", "0"];
     let node = common::start(&args).await;
     let api = node.api();
     let user = common::users(&api, 1).await[0];
@@ -374,12 +374,12 @@ async fn presence_in_node_routing() {
 }
 
 /// A drained `node`-routing node deletes its liveness key once its sessions are gone, so the
-/// fleet stops routing to it at once instead of after `--presence-ttl-ms`.
+/// fleet stops routing to it at once instead of after `--presence-ttl`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn a_drained_node_retires_its_presence() {
     let (db, redis) = (common::mysql_url(), common::redis_url());
-    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-ttl-ms", "60000"];
+    let args = ["--database-url", &db, "--redis-url", &redis, "--routing", "node", "--presence-ttl", "60s"];
     let (a, b) = (common::start(&args).await, common::start(&args).await);
     let alive = || {
         let (redis, pattern) = (redis.clone(), format!("{}:alive:*", db.rsplit('/').next().unwrap_or("")));

@@ -70,7 +70,7 @@ async fn the_page_reconnects_across_a_drain() {
     let mut nodes: Vec<_> = ["node1", "node2"]
         .iter()
         .enumerate()
-        .map(|(i, name)| fleet::node(name, &ports[i], &["--drain-timeout", "10"], &env))
+        .map(|(i, name)| fleet::node(name, &ports[i], &["--drain-timeout", "10s"], &env))
         .collect();
     for n in &mut nodes {
         n.ready().await;

@@ -92,7 +92,7 @@ async fn a_node_killed_with_sigkill_loses_nothing() {
 #[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_node_killed_before_writing_positions_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut f = fleet_with(&["--position-flush-ms", "600000"]).await;
+    let mut f = fleet_with(&["--position-flush", "10m"]).await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     f.nodes[0].signal("KILL");
@@ -182,7 +182,7 @@ async fn random_socket_drops_lose_nothing() {
 #[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let flags = ["--routing", "node", "--presence-ttl-ms", "1500", "--presence-cache-ms", "500"];
+    let flags = ["--routing", "node", "--presence-ttl", "1500ms", "--presence-cache", "500ms"];
     let mut f = fleet_with(&flags).await;
     let api = switchboard::client::Api::new(f.nodes[0].addr);
     let presence = |user: i64| {

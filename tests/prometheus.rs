@@ -481,10 +481,10 @@ async fn dashboard_and_rules_query_live_metrics() {
             vec![
                 "--node-id".into(),
                 id.into(),
-                "--heartbeat-interval-ms".into(),
-                HEARTBEAT_INTERVAL_MS.to_string(),
-                "--heartbeat-timeout-ms".into(),
-                HEARTBEAT_TIMEOUT_MS.to_string(),
+                "--heartbeat-interval".into(),
+                format!("{HEARTBEAT_INTERVAL_MS}ms"),
+                "--heartbeat-timeout".into(),
+                format!("{HEARTBEAT_TIMEOUT_MS}ms"),
             ]
         };
         let mut n1 = common::Proc::spawn(&args("prom-n1"), &env);

@@ -168,7 +168,7 @@ async fn every_socket_of_a_user_receives_and_fifty_arrive_in_order() {
 /// else, and catches up from its inbox when it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_catches_up_from_its_inbox() {
-    let node = common::embedded(&["--session-queue", "8", "--write-timeout-ms", "300"]).await;
+    let node = common::embedded(&["--session-queue", "8", "--write-timeout", "300ms"]).await;
     let (alice, bob, group) = pair(&node).await;
     // A raw client that completes the handshake and then never reads, with a small receive
     // window so the server's socket buffer fills soon.

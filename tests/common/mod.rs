@@ -162,7 +162,7 @@ pub async fn embedded(extra: &[&str]) -> Node {
 pub async fn start(args: &[&str]) -> Node {
     // Tests send in bursts; the rate limit has its own tests.
     let mut all =
-        vec!["--node-id", "test", "--drain-timeout", "5", "--send-rate", "1000000", "--send-burst", "1000000"];
+        vec!["--node-id", "test", "--drain-timeout", "5s", "--send-rate", "1000000", "--send-burst", "1000000"];
     all.extend_from_slice(args);
     // Tests share one Redis; a fresh database's name keeps each test's channels apart.
     let db = args.iter().position(|a| *a == "--database-url").and_then(|i| args.get(i + 1));
