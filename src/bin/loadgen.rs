@@ -198,7 +198,7 @@ enum Cmd {
         /// Port of the private Redis each run starts (and restarts).
         #[arg(long, default_value_t = 6390)]
         redis_port: u16,
-        /// `--presence-cache` of the simulated nodes.
+        /// `--presence-cache` of the simulated nodes, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         presence_cache_ms: u64,
         /// Internal: this child runs one `mode:nodes`.
