@@ -287,3 +287,10 @@ async fn mysql_store_conforms_without_consecutive_ids() {
     db.consecutive_ids = false;
     suite(Arc::new(SqlStore::new(db, Arc::new(Metrics::new("test"))))).await;
 }
+
+/// A failing step names itself in the test's failure message.
+#[tokio::test]
+#[should_panic(expected = "step `the named step` failed: inner failure 7")]
+async fn a_failing_step_is_named() {
+    step("the named step", async { panic!("inner failure {}", 7) }).await;
+}
