@@ -1,9 +1,9 @@
-//! REST API tests (docs/api.md): every route with good and bad input, on the embedded node and
-//! on MySQL + Redis (ignored under a plain `cargo test`; `scripts/test` runs it).
+//! REST API tests (docs/api.md): every route with good and bad input, each part of the API as
+//! its own test on the embedded node (`embedded::*`) and on MySQL + Redis
+//! (`mysql_and_redis::*`, ignored under a plain `cargo test`; `scripts/test` runs them).
 
 mod common;
 
-use common::step;
 use serde_json::{Value, json};
 use switchboard::client::Api;
 
@@ -13,20 +13,101 @@ fn assert_error(res: (hyper::StatusCode, Value), status: u16, code: &str) {
     assert!(res.1["detail"].as_str().is_some_and(|d| !d.is_empty()), "no detail: {}", res.1);
 }
 
-/// The whole API, in named steps (a failure names its step); later steps use what earlier
-/// ones created.
-async fn suite(api: Api) {
-    let api = &api;
-    let (alice, name, bob, bob_name, sqli) = step("register", register(api)).await;
-    step("malformed bodies", malformed_bodies(api)).await;
-    let group = step("create groups", groups(api, (alice, &name), (bob, &bob_name))).await;
-    step("pair dedupe race", pair_race(api)).await;
-    let fresh = step("send", sending(api, alice, bob, group)).await;
-    step("idempotent retry", idempotent_retry(api, alice, group)).await;
-    step("bad sends", bad_sends(api, alice, bob, fresh, group)).await;
-    step("history and group listing", history(api, alice, bob, group)).await;
-    step("people", people(api, (alice, &name), (bob, &bob_name), &sqli)).await;
-    step("routes and probes", routes(api)).await;
+/// Each API test as its own test function, run on its own embedded node and, ignored under a
+/// plain `cargo test`, on its own MySQL database and the shared Redis: a failure names the
+/// part of the API and the backend (`embedded::bad_sends`, `mysql_and_redis::people`).
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let node = crate::common::embedded(&[]).await;
+                    super::$test(&node.api()).await;
+                    node.stop().await;
+                }
+            )*
+        }
+
+        mod mysql_and_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs MariaDB and Redis; scripts/test runs it"]
+                async fn $test() {
+                    let (db, redis) = (crate::common::mysql_url(), crate::common::redis_url());
+                    let node = crate::common::start(&["--database-url", &db, "--redis-url", &redis]).await;
+                    super::$test(&node.api()).await;
+                    node.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    registration,
+    malformed_bodies,
+    group_creation,
+    pair_race,
+    sending_by_group_and_by_receiver,
+    idempotent_retries,
+    bad_sends_are_refused,
+    history_and_group_listing,
+    people_by_id_and_by_name,
+    routes,
+);
+
+/// Two fresh users, alice and bob, and their conversation.
+struct Pair {
+    alice: i64,
+    bob: i64,
+    group: i64,
+}
+
+async fn pair(api: &Api) -> Pair {
+    let alice = api.register(&common::unique("alice")).await.expect("alice");
+    let bob = api.register(&common::unique("bob")).await.expect("bob");
+    let group = api.create_group(alice, &[bob]).await.expect("group");
+    Pair { alice, bob, group }
+}
+
+async fn registration(api: &Api) {
+    register(api).await;
+}
+
+async fn group_creation(api: &Api) {
+    let (name, bob_name) = (common::unique("alice"), common::unique("bob"));
+    let alice = api.register(&name).await.expect("alice");
+    let bob = api.register(&bob_name).await.expect("bob");
+    groups(api, (alice, &name), (bob, &bob_name)).await;
+}
+
+async fn sending_by_group_and_by_receiver(api: &Api) {
+    let p = pair(api).await;
+    sending(api, p.alice, p.bob, p.group).await;
+}
+
+async fn idempotent_retries(api: &Api) {
+    let p = pair(api).await;
+    idempotent_retry(api, p.alice, p.group).await;
+}
+
+async fn bad_sends_are_refused(api: &Api) {
+    let p = pair(api).await;
+    let outsider = api.register(&common::unique("outsider")).await.expect("outsider");
+    bad_sends(api, p.alice, p.bob, outsider, p.group).await;
+}
+
+/// History after the sends of `sending`, and alice's two conversations.
+async fn history_and_group_listing(api: &Api) {
+    let p = pair(api).await;
+    sending(api, p.alice, p.bob, p.group).await;
+    history(api, p.alice, p.bob, p.group).await;
+}
+
+async fn people_by_id_and_by_name(api: &Api) {
+    let (alice, name, bob, bob_name, sqli) = register(api).await;
+    people(api, (alice, &name), (bob, &bob_name), &sqli).await;
 }
 
 /// Register: form and JSON, duplicates, bad names. Returns alice, bob and an odd name.
@@ -301,22 +382,13 @@ async fn people(api: &Api, (alice, name): (i64, &str), (bob, bob_name): (i64, &s
     }
 }
 
+/// The web client's page (the embedded node serves the same page as any other).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_on_the_embedded_node() {
+async fn the_page_is_served() {
     let node = common::embedded(&[]).await;
-    suite(node.api()).await;
     let page = hyper::Request::get("/").body(http_body_util::Full::new(bytes::Bytes::new())).expect("req");
     let (status, _) = node.api().request(page).await.expect("page");
     assert_eq!(status, 200);
-    node.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
-async fn api_on_mysql_and_redis() {
-    let (db, redis) = (common::mysql_url(), common::redis_url());
-    let node = common::start(&["--database-url", &db, "--redis-url", &redis]).await;
-    suite(node.api()).await;
     node.stop().await;
 }
 

@@ -9,15 +9,16 @@
 //! MongoDB stand-in, HAProxy, Prometheus, Chromium, `redis-server`/`mariadbd` binaries, ...)
 //! as ignored: each carries `#[ignore = "needs <service>; scripts/test runs it"]`.
 //! `scripts/test` starts the services and runs everything with
-//! `cargo test -- --include-ignored`; one ignored test alone runs with
-//! `cargo test --test api -- --include-ignored api_on_mysql_and_redis`.
+//! `cargo test -- --include-ignored`; ignored tests alone run with a filter, e.g.
+//! `cargo test --test api -- --include-ignored mysql_and_redis::`.
 //!
 //! Inside an ignored test a missing service is a plain failure: the helpers below
 //! ([`mysql_url`], [`redis_url`], [`mongo_url`], [`require`], [`require_program`]) panic with
 //! what is missing. A new test that needs a service gets the `ignore` attribute; one that
 //! covers an embedded backend and a real one is two tests, so the embedded half still runs
-//! under a plain `cargo test`. Long suites name their steps with [`step`], so a failure says
-//! which step failed.
+//! under a plain `cargo test`. Prefer one test function per behaviour where setup is cheap
+//! (`tests/api.rs` runs each on both backends); suites with costly or shared setup name their
+//! steps with [`step`] instead, so a failure says which step failed.
 #![allow(dead_code)]
 
 pub mod fleet;
