@@ -191,21 +191,24 @@ async fn memory_backplane_conforms_in_broadcast_mode() {
 }
 
 async fn redis_conforms(mode: Routing) {
-    let Some(url) = common::redis_url() else { return };
+    let url = common::redis_url();
     suite(mode, redis_node(mode, &url), redis_node(mode, &url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis; scripts/test runs it"]
 async fn redis_backplane_conforms() {
     redis_conforms(Routing::Group).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis; scripts/test runs it"]
 async fn redis_backplane_conforms_in_node_mode() {
     redis_conforms(Routing::Node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis; scripts/test runs it"]
 async fn redis_backplane_conforms_in_broadcast_mode() {
     redis_conforms(Routing::Broadcast).await;
 }
@@ -214,9 +217,6 @@ async fn redis_backplane_conforms_in_broadcast_mode() {
 /// `Resynced`, and deliver again; in `node` mode, so does a Redis restart that loses every
 /// presence entry (the node writes its own again before saying `Resynced`).
 async fn recovers(mode: Routing, restart: bool) {
-    if common::redis_url().is_none() {
-        return;
-    }
     // A private Redis: killing every pub/sub connection must not disturb the other tests.
     let mut redis = common::services::redis().await;
     let url = redis.url();
@@ -260,6 +260,7 @@ async fn recovers(mode: Routing, restart: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_backplane_resubscribes_after_a_lost_connection() {
     for mode in [Routing::Group, Routing::Node, Routing::Broadcast] {
         recovers(mode, false).await;
@@ -267,6 +268,7 @@ async fn redis_backplane_resubscribes_after_a_lost_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
 async fn node_mode_writes_its_presence_again_after_a_redis_restart() {
     recovers(Routing::Node, true).await;
 }
@@ -274,8 +276,9 @@ async fn node_mode_writes_its_presence_again_after_a_redis_restart() {
 /// With a presence cache, a user that arrives on a node is caught up from the store once
 /// every cached lookup that could have missed it has expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis; scripts/test runs it"]
 async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
-    let Some(url) = common::redis_url() else { return };
+    let url = common::redis_url();
     let cache = Duration::from_millis(300);
     let (b, mut rx) = routed_with(Routing::Node, Some(&url), cache, |tx| redis_transport(&url, tx));
     let user = random_id();

@@ -25,18 +25,14 @@ struct Fleet {
     nodes: Vec<Proc>,
 }
 
-async fn fleet() -> Option<Fleet> {
+async fn fleet() -> Fleet {
     fleet_with(&[]).await
 }
 
 /// Two node processes with `extra` flags on private MariaDB, Redis and MongoDB.
-async fn fleet_with(extra: &[&str]) -> Option<Fleet> {
-    // The private services need the same binaries as the shared ones.
-    if !(common::service("MariaDB", "127.0.0.1:3306") && common::service("Redis", "127.0.0.1:6379")) {
-        return None;
-    }
-    if !common::service("MongoDB stand-in", "127.0.0.1:27017") {
-        return None;
+async fn fleet_with(extra: &[&str]) -> Fleet {
+    for program in ["mariadb-install-db", "redis-server", "secantusd-py"] {
+        common::require_program(program);
     }
     let (db, redis, mongo) = (services::mariadb().await, services::redis().await, services::mongo().await);
     let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
@@ -53,7 +49,7 @@ async fn fleet_with(extra: &[&str]) -> Option<Fleet> {
         node.ready().await;
         nodes.push(node);
     }
-    Some(Fleet { db, redis, mongo, nodes })
+    Fleet { db, redis, mongo, nodes }
 }
 
 impl Fleet {
@@ -75,9 +71,10 @@ async fn verdict(name: &str, w: Workload) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_node_killed_with_sigkill_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.nodes[1].signal("KILL");
@@ -92,9 +89,10 @@ async fn a_node_killed_with_sigkill_loses_nothing() {
 /// SIGKILL takes every position its sessions recorded with it. Its clients reconnect to the
 /// other node, which reads their older positions and delivers again from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_node_killed_before_writing_positions_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet_with(&["--position-flush-ms", "600000"]).await else { return };
+    let mut f = fleet_with(&["--position-flush", "10m"]).await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     f.nodes[0].signal("KILL");
@@ -106,9 +104,10 @@ async fn a_node_killed_before_writing_positions_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_redis_restart_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.redis.stop().await;
@@ -123,9 +122,10 @@ async fn a_redis_restart_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_mysql_outage_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.db.stop().await;
@@ -141,9 +141,10 @@ async fn a_mysql_outage_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_mongodb_outage_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.mongo.stop().await;
@@ -161,9 +162,10 @@ async fn a_mongodb_outage_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn random_socket_drops_lose_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(f) = fleet().await else { return };
+    let f = fleet().await;
     let w = f.traffic().await;
     w.chaos(true);
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -177,10 +179,11 @@ async fn random_socket_drops_lose_nothing() {
 /// node and lose nothing, and when it comes back under the same name (a new incarnation)
 /// every user's presence counts exactly the one session it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let flags = ["--routing", "node", "--presence-ttl-ms", "1500", "--presence-cache-ms", "500"];
-    let Some(mut f) = fleet_with(&flags).await else { return };
+    let flags = ["--routing", "node", "--presence-ttl", "1500ms", "--presence-cache", "500ms"];
+    let mut f = fleet_with(&flags).await;
     let api = switchboard::client::Api::new(f.nodes[0].addr);
     let presence = |user: i64| {
         let api = api.clone();

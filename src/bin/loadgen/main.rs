@@ -203,7 +203,7 @@ enum Cmd {
         /// cluster on this port and the next five.
         #[arg(long, default_value_t = 6390)]
         redis_port: u16,
-        /// `--presence-cache-ms` of the simulated nodes.
+        /// `--presence-cache` of the simulated nodes, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         presence_cache_ms: u64,
         /// Seconds between progress lines on stderr (0: none).
