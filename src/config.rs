@@ -76,7 +76,7 @@ pub struct Config {
     pub shard_partitions: u16,
 
     /// Prefix of every Redis channel name, so deployments sharing one Redis stay apart
-    /// (empty: the original `group:{id}` and `user:{id}`).
+    /// (empty: plain `group:{id}` and `user:{id}`).
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
     pub channel_prefix: String,
 
