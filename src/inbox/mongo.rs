@@ -53,12 +53,11 @@ impl MongoInbox {
         let updates: Vec<Document> = chunk
             .iter()
             .map(|p| {
+                // The filter names the user (a sharded collection's key, docs/scaling.md);
+                // an insert takes `user_id` and `group_id` from it.
                 doc! {
-                    "q": { "_id": format!("{}:{}", p.user_id, p.group_id) },
-                    "u": {
-                        "$max": { "seq": p.seq },
-                        "$setOnInsert": { "user_id": p.user_id, "group_id": p.group_id },
-                    },
+                    "q": { "_id": format!("{}:{}", p.user_id, p.group_id), "user_id": p.user_id, "group_id": p.group_id },
+                    "u": { "$max": { "seq": p.seq } },
                     "upsert": true,
                 }
             })
