@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::services::{self, Service};
+use common::services::{self, RedisCluster, Service};
 use common::traffic::Workload;
 use common::{Proc, unique};
 
@@ -213,4 +213,42 @@ async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_no
         assert_eq!(presence(user).await, 1, "user {user} has one session");
     }
     verdict("kill -9 node, node routing", w).await;
+}
+
+/// `--routing sharded` on a 3-master Redis Cluster: a master killed with SIGKILL under
+/// traffic fails over to its replica, both nodes resubscribe there by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
+async fn a_redis_cluster_master_killed_under_traffic_fails_over_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let database = format!("{}/{}", common::MYSQL_ROOT, unique("cluster"));
+    let env = vec![
+        ("DATABASE_URL".to_owned(), database),
+        ("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg()),
+        ("SWITCHBOARD_ROUTING".to_owned(), "sharded".to_owned()),
+    ];
+    let mut nodes = Vec::new();
+    for name in ["c1", "c2"] {
+        let mut node = Proc::spawn(&["--node-id".to_owned(), name.to_owned()], &env);
+        node.ready().await;
+        nodes.push(node);
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
+    let victim = cluster.masters()[0];
+    cluster.kill(victim);
+    cluster.wait_failover(victim).await;
+    // Traffic goes on through the new master.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
+    println!("resubscribe commands on c1 after the failover: {}", after - before);
+    assert!(after > before, "the node never resubscribed after the failover");
+    verdict("redis cluster master killed with SIGKILL", w).await;
+}
+
+async fn metric(node: &Proc, name: &str) -> f64 {
+    common::fleet::metric(node.admin, name, "").await.unwrap_or_else(|| panic!("no {name} in /metrics"))
 }

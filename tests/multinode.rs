@@ -29,10 +29,22 @@ async fn message(ws: &mut WsConn) -> serde_json::Value {
     }
 }
 
-/// Two ready node processes in `mode` on a fresh database and the shared Redis.
-async fn pair(mode: &str) -> (common::Proc, common::Proc) {
-    let (db, redis) = (common::mysql_url(), common::redis_url());
-    let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
+/// Where the pair's backplane runs: the shared Redis, or a Redis Cluster (its
+/// `REDIS_CLUSTER_URLS`) for `sharded` mode.
+#[derive(Clone, Copy)]
+enum On<'a> {
+    Redis,
+    Cluster(&'a str),
+}
+
+/// Two ready node processes in `mode` on a fresh database and the shared Redis (or a
+/// cluster).
+async fn pair(mode: &str, on: On<'_>) -> (common::Proc, common::Proc) {
+    let backplane = match on {
+        On::Redis => ("REDIS_URL".to_owned(), common::redis_url()),
+        On::Cluster(urls) => ("REDIS_CLUSTER_URLS".to_owned(), urls.to_owned()),
+    };
+    let env = vec![("DATABASE_URL".to_owned(), common::mysql_url()), backplane];
     let args = |name: &str| ["--node-id", name, "--routing", mode].map(String::from);
     let mut n1 = common::Proc::spawn(&args("n1"), &env);
     let mut n2 = common::Proc::spawn(&args("n2"), &env);
@@ -45,7 +57,7 @@ async fn pair(mode: &str) -> (common::Proc, common::Proc) {
 #[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn two_node_processes_deliver_to_each_other() {
     for mode in ["group", "node", "broadcast"] {
-        deliver_to_each_other(mode).await;
+        deliver_to_each_other(mode, On::Redis).await;
     }
 }
 
@@ -53,12 +65,21 @@ async fn two_node_processes_deliver_to_each_other() {
 #[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn a_user_on_two_nodes_gets_every_message_on_both() {
     for mode in ["group", "node", "broadcast"] {
-        sessions_on_both_nodes(mode).await;
+        sessions_on_both_nodes(mode, On::Redis).await;
     }
 }
 
-async fn deliver_to_each_other(mode: &str) {
-    let (n1, n2) = pair(mode).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and redis-server; scripts/test runs it"]
+async fn on_a_redis_cluster_in_sharded_mode() {
+    let cluster = common::services::RedisCluster::start().await;
+    let urls = cluster.urls_arg();
+    deliver_to_each_other("sharded", On::Cluster(&urls)).await;
+    sessions_on_both_nodes("sharded", On::Cluster(&urls)).await;
+}
+
+async fn deliver_to_each_other(mode: &str, on: On<'_>) {
+    let (n1, n2) = pair(mode, on).await;
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api2.register(&common::unique("bob")).await.expect("bob");
@@ -97,8 +118,8 @@ async fn deliver_to_each_other(mode: &str) {
     assert_eq!(b.next_non_ack(Duration::from_millis(500)).await, None, "{mode}: nothing twice");
 }
 
-async fn sessions_on_both_nodes(mode: &str) {
-    let (n1, n2) = pair(mode).await;
+async fn sessions_on_both_nodes(mode: &str, on: On<'_>) {
+    let (n1, n2) = pair(mode, on).await;
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api1.register(&common::unique("bob")).await.expect("bob");
@@ -128,7 +149,7 @@ async fn sessions_on_both_nodes(mode: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn a_node_in_another_mode_than_its_fleet_refuses_to_start() {
-    let (n1, _n2) = pair("group").await;
+    let (n1, _n2) = pair("group", On::Redis).await;
     // The same database, hence the same channel prefix: the same fleet.
     let mut n3 = common::Proc::spawn(&["--node-id", "n3", "--routing", "node"].map(String::from), &n1.envs);
     for _ in 0..100 {
