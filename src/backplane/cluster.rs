@@ -33,14 +33,13 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::wishes::{self, IO_TIMEOUT, Wish, Wishes};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
-/// Bound on one Redis round trip; a dead master must not hang a request.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the watcher compares the topology and the subscriptions with what is wanted.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How soon the watcher looks after a sign of trouble (the crate needs a moment to notice
@@ -119,18 +118,12 @@ impl Partitions {
     }
 }
 
-enum Command {
-    Subscribe(Channel),
-    Unsubscribe(Channel),
-    Barrier(oneshot::Sender<()>),
-}
-
 pub struct RedisClusterBackplane {
     partitions: Partitions,
     metrics: Arc<Metrics>,
     /// The cluster connection once the first connect succeeded.
     conn: watch::Receiver<Option<ClusterConnection>>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Wishes,
     stop: CancellationToken,
 }
 
@@ -153,7 +146,7 @@ impl RedisClusterBackplane {
             .retries(2)
             .build()?;
         let (conn_tx, conn) = watch::channel(None);
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = Wishes::new();
         let stop = CancellationToken::new();
         let subscriber = Subscriber {
             partitions: partitions.clone(),
@@ -202,26 +195,19 @@ impl Backplane for RedisClusterBackplane {
     }
 
     fn subscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Subscribe(channel));
+        self.commands.subscribe(channel);
     }
 
     fn unsubscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Unsubscribe(channel));
+        self.commands.unsubscribe(channel);
     }
 
     async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.commands.barrier().await;
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        let mut conn = self.connection()?;
-        match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
-            Ok(res) => res.map(|_| ()).map_err(Into::into),
-            Err(_) => Err(BackplaneError::Timeout),
-        }
+        wishes::ping(&mut self.connection()?).await
     }
 }
 
@@ -244,7 +230,7 @@ impl Subscriber {
         mut self,
         client: ClusterClient,
         conn_tx: watch::Sender<Option<ClusterConnection>>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::UnboundedReceiver<Wish>,
         mut pushes: mpsc::UnboundedReceiver<PushInfo>,
         stop: CancellationToken,
     ) {
@@ -352,17 +338,17 @@ impl Subscriber {
         }
     }
 
-    fn apply_offline(&mut self, cmd: Command) {
+    fn apply_offline(&mut self, cmd: Wish) {
         match cmd {
-            Command::Subscribe(c) => {
+            Wish::Subscribe(c) => {
                 let p = self.partitions.of(c);
                 self.wanted[p].insert(c);
             }
-            Command::Unsubscribe(c) => {
+            Wish::Unsubscribe(c) => {
                 let p = self.partitions.of(c);
                 self.wanted[p].remove(&c);
             }
-            Command::Barrier(done) => {
+            Wish::Barrier(done) => {
                 let _ = done.send(());
             }
         }
@@ -372,26 +358,26 @@ impl Subscriber {
     /// one SSUBSCRIBE per partition, all in flight at once. A partition whose command fails
     /// goes to the watcher, which resubscribes it and then emits `Resynced`, so a barrier
     /// may be released early only when a `Resynced` will follow.
-    async fn apply_online(&mut self, conn: &mut ClusterConnection, batch: Vec<Command>) {
+    async fn apply_online(&mut self, conn: &mut ClusterConnection, batch: Vec<Wish>) {
         let mut subs: HashMap<usize, Vec<Channel>> = HashMap::new();
         let mut unsubs: HashMap<usize, Vec<Channel>> = HashMap::new();
         for cmd in batch {
             match cmd {
-                Command::Subscribe(c) => {
+                Wish::Subscribe(c) => {
                     let p = self.partitions.of(c);
                     unsubs.entry(p).or_default().retain(|x| *x != c);
                     if self.wanted[p].insert(c) {
                         subs.entry(p).or_default().push(c);
                     }
                 }
-                Command::Unsubscribe(c) => {
+                Wish::Unsubscribe(c) => {
                     let p = self.partitions.of(c);
                     subs.entry(p).or_default().retain(|x| *x != c);
                     if self.wanted[p].remove(&c) {
                         unsubs.entry(p).or_default().push(c);
                     }
                 }
-                Command::Barrier(done) => {
+                Wish::Barrier(done) => {
                     self.flush(conn, std::mem::take(&mut subs), std::mem::take(&mut unsubs)).await;
                     let _ = done.send(());
                 }

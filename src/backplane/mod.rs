@@ -19,6 +19,7 @@ mod cluster;
 mod envelope;
 mod memory;
 mod redis;
+mod wishes;
 
 use std::fmt;
 

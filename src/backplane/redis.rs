@@ -12,14 +12,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::wishes::{self, IO_TIMEOUT, Wish, Wishes};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
-/// Bound on one Redis round trip; a dead Redis must not hang a request.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most channels named by one SUBSCRIBE.
 const SUBSCRIBE_CHUNK: usize = 1000;
 /// How often an idle pub/sub connection is pinged to notice a half-open socket.
@@ -41,17 +40,11 @@ impl Names {
     }
 }
 
-enum Command {
-    Subscribe(Channel),
-    Unsubscribe(Channel),
-    Barrier(oneshot::Sender<()>),
-}
-
 pub struct RedisBackplane {
     names: Names,
     metrics: Arc<Metrics>,
     publisher: ConnectionManager,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Wishes,
     stop: CancellationToken,
 }
 
@@ -71,7 +64,7 @@ impl RedisBackplane {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = Wishes::new();
         let stop = CancellationToken::new();
         let names = Names { prefix: prefix.into() };
         let subscriber =
@@ -106,26 +99,19 @@ impl Backplane for RedisBackplane {
     }
 
     fn subscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Subscribe(channel));
+        self.commands.subscribe(channel);
     }
 
     fn unsubscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Unsubscribe(channel));
+        self.commands.unsubscribe(channel);
     }
 
     async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.commands.barrier().await;
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        let mut conn = self.publisher.clone();
-        match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
-            Ok(res) => res.map(|_| ()).map_err(Into::into),
-            Err(_) => Err(BackplaneError::Timeout),
-        }
+        wishes::ping(&mut self.publisher.clone()).await
     }
 }
 
@@ -139,7 +125,7 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Wish>, stop: CancellationToken) {
         let mut failures = 0;
         let mut connected_before = false;
         loop {
@@ -230,15 +216,15 @@ impl Subscriber {
 
     /// While disconnected: remember the wish and release barriers at once (the resubscribe
     /// on reconnect covers them, followed by `Resynced`).
-    fn apply_offline(&mut self, cmd: Command) {
+    fn apply_offline(&mut self, cmd: Wish) {
         match cmd {
-            Command::Subscribe(c) => {
+            Wish::Subscribe(c) => {
                 self.wanted.insert(c);
             }
-            Command::Unsubscribe(c) => {
+            Wish::Unsubscribe(c) => {
                 self.wanted.remove(&c);
             }
-            Command::Barrier(done) => {
+            Wish::Barrier(done) => {
                 let _ = done.send(());
             }
         }
@@ -246,28 +232,28 @@ impl Subscriber {
 
     /// Applies a batch in order with one SUBSCRIBE and one UNSUBSCRIBE per run of commands.
     /// Barriers are released after everything before them is confirmed.
-    async fn apply_online(&mut self, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), ()> {
+    async fn apply_online(&mut self, sink: &mut PubSubSink, batch: Vec<Wish>) -> Result<(), ()> {
         let mut subs: Vec<String> = Vec::new();
         let mut unsubs: Vec<String> = Vec::new();
         let mut barriers = Vec::new();
         let mut failed = false;
         for cmd in batch {
             match cmd {
-                Command::Subscribe(c) => {
+                Wish::Subscribe(c) => {
                     let name = self.names.name(c);
                     unsubs.retain(|n| *n != name);
                     if self.wanted.insert(c) {
                         subs.push(name);
                     }
                 }
-                Command::Unsubscribe(c) => {
+                Wish::Unsubscribe(c) => {
                     let name = self.names.name(c);
                     subs.retain(|n| *n != name);
                     if self.wanted.remove(&c) {
                         unsubs.push(name);
                     }
                 }
-                Command::Barrier(done) => {
+                Wish::Barrier(done) => {
                     if !failed {
                         failed = self.flush(sink, &mut subs, &mut unsubs).await.is_err();
                     }
