@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
-use crate::backplane::{Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, RedisBackplane};
+use crate::backplane::{Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, NatsBackplane, RedisBackplane};
 use crate::commit::Commits;
 use crate::config::Config;
 use crate::http::{self, Listener};
@@ -103,23 +103,35 @@ impl App {
             Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
             None => None,
         };
+        // The presence store's Redis (`--routing node`): its own, else the backplane's.
+        let presence_redis = match &config.presence_redis_url {
+            Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
+            None => redis.clone(),
+        };
         let prefix = config.channel_prefix.clone();
         let mut agreeing = None;
-        if let Some(client) = &redis {
+        // The fleet's routing mode is kept in the backplane's Redis, or with NATS in the
+        // presence Redis if there is one; NATS alone has nowhere to keep it (no check).
+        if let Some(client) = redis.as_ref().or(presence_redis.as_ref()) {
             routing::agree(client, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
             let keep = routing::keep_agreeing(client.clone(), prefix.clone(), config.routing);
             agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
         }
-        // The transport: Redis pub/sub, or the in-process bus of a single node.
+        let nats = config.nats_urls();
+        // The transport: Redis pub/sub, NATS, or the in-process bus of a single node.
         let transport = |events: mpsc::Sender<Event>| -> Result<Arc<dyn Backplane>, BackplaneError> {
             Ok(match &redis {
                 Some(client) => Arc::new(RedisBackplane::connect(client.clone(), &prefix, events, metrics.clone())?),
+                None if !nats.is_empty() => {
+                    let ca = config.tls_ca_file.as_deref();
+                    Arc::new(NatsBackplane::connect(&nats, &prefix, ca, events, metrics.clone())?)
+                }
                 None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events)),
             })
         };
         let setup = routing::Setup {
             mode: config.routing,
-            redis: redis.as_ref(),
+            redis: presence_redis.as_ref(),
             prefix: &prefix,
             node: &node,
             presence: config.presence(),
