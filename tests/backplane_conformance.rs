@@ -1,7 +1,8 @@
 //! One `Backplane` conformance suite, run in every routing mode (docs/routing.md) against
 //! the in-process backplane (two nodes on one bus) and Redis (two nodes on one server); plus
 //! recovery after the pub/sub connection is killed, and in `node` mode after Redis restarts
-//! empty.
+//! empty. The same suite runs on NATS: a 3-server cluster with the two nodes on different
+//! servers, and recovery when a node's server is killed with SIGKILL.
 //!
 //! What a node asks for it gets, once per publish and in order, in every mode. `group` and
 //! `node` mode are also exact (a node gets nothing it did not ask for); `broadcast` is not,
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use switchboard::backplane::{Backplane, Channel, Event, MemoryBackplane, MemoryBus, RedisBackplane};
+use switchboard::backplane::{Backplane, Channel, Event, MemoryBackplane, MemoryBus, NatsBackplane, RedisBackplane};
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};
 use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
@@ -290,4 +291,126 @@ async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     let users = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a catch-up");
     assert_eq!(users, vec![user]);
     assert!(started.elapsed() >= cache, "caught up before the cache expired");
+}
+
+fn nats_transport(urls: &[String], events: mpsc::Sender<Event>) -> Arc<dyn Backplane> {
+    let metrics = Arc::new(Metrics::new("t"));
+    Arc::new(NatsBackplane::connect(urls, "conformance:", None, events, metrics).expect("nats"))
+}
+
+/// A node of `mode` on NATS at `urls` (node mode keeps its presence in the shared Redis).
+fn nats_node(mode: Routing, urls: &[String], presence: Option<&str>) -> Node {
+    routed(mode, presence, |tx| nats_transport(urls, tx))
+}
+
+/// Waits for the first `Resynced` of a fresh node (its first connect).
+async fn connected(node: &mut Node) {
+    assert!(resynced(&mut node.1).await, "no Resynced after the first connect");
+}
+
+async fn nats_conforms(mode: Routing) {
+    assert!(common::program("nats-server"), "nats-server is needed");
+    let presence = if mode == Routing::Node {
+        let Some(url) = common::redis_url() else { return };
+        Some(url)
+    } else {
+        None
+    };
+    let cluster = common::services::nats_cluster(3).await;
+    // Each node knows only its own server: they talk through the cluster's routes.
+    let mut a = nats_node(mode, &[cluster.url(0)], presence.as_deref());
+    let mut b = nats_node(mode, &[cluster.url(1)], presence.as_deref());
+    connected(&mut a).await;
+    connected(&mut b).await;
+    suite(mode, a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_conforms() {
+    nats_conforms(Routing::Group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_conforms_in_node_mode() {
+    nats_conforms(Routing::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_conforms_in_broadcast_mode() {
+    nats_conforms(Routing::Broadcast).await;
+}
+
+/// The server a node is connected to dies (SIGKILL): the node moves to another server of
+/// the cluster, says `Resynced` once its subscriptions are back, and delivers and publishes
+/// again; then the publisher's server dies too, and a publish still gets through.
+async fn nats_recovers(mode: Routing) {
+    let presence = if mode == Routing::Node { common::redis_url() } else { None };
+    if mode == Routing::Node && presence.is_none() {
+        return;
+    }
+    let mut cluster = common::services::nats_cluster(3).await;
+    let mut a = nats_node(mode, &[cluster.url(0)], presence.as_deref());
+    let mut b = nats_node(mode, &[cluster.url(1)], presence.as_deref());
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let (a, mut a_rx) = a;
+    let (b, mut b_rx) = b;
+    let g = Channel::Group(random_id());
+    let h = Channel::Group(random_id());
+    b.subscribe(interest(mode, g));
+    b.barrier().await;
+    a.subscribe(interest(mode, h));
+    a.barrier().await;
+
+    // b's server dies: b moves to a server it learned from the cluster.
+    cluster.kill(1);
+    assert!(resynced(&mut b_rx).await, "{mode:?}: no Resynced after b's server died");
+    publish_until_delivered(&*a, &mut b_rx, g, mode).await;
+    // b publishes again from its new server.
+    publish_until_delivered(&*b, &mut a_rx, h, mode).await;
+
+    // a's server dies too; the cluster's last server carries both.
+    cluster.kill(0);
+    assert!(resynced(&mut a_rx).await, "{mode:?}: no Resynced after a's server died");
+    publish_until_delivered(&*a, &mut b_rx, g, mode).await;
+}
+
+/// Publishes (retrying while the publisher finds its way back) until `to` receives it.
+async fn publish_until_delivered(
+    from: &dyn Backplane,
+    to: &mut mpsc::Receiver<Event>,
+    channel: Channel,
+    mode: Routing,
+) {
+    let payload = Bytes::from(format!("after {}", random_id()));
+    let mut sent = false;
+    for _ in 0..25 {
+        if from.publish(&[(channel, payload.clone())]).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "{mode:?}: publish never succeeded again");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_payload(to, left).await {
+            Some((c, p)) if c == channel && p == payload => return,
+            Some(_) => continue,
+            None => panic!("{mode:?}: not delivered after the server died"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_moves_to_another_server_and_resyncs() {
+    assert!(common::program("nats-server"), "nats-server is needed");
+    for mode in [Routing::Group, Routing::Node, Routing::Broadcast] {
+        nats_recovers(mode).await;
+    }
 }
