@@ -56,6 +56,33 @@ async fn fleet_with(extra: &[&str]) -> Option<Fleet> {
     Some(Fleet { db, redis, mongo, nodes })
 }
 
+/// Two node processes on a private MariaDB (which also holds the inbox) and a 3-server
+/// NATS cluster; each node is given every server (NATS_URL is the list) and picks one.
+struct NatsFleet {
+    _db: Service,
+    cluster: services::NatsCluster,
+    nodes: Vec<Proc>,
+}
+
+async fn nats_fleet() -> Option<NatsFleet> {
+    // Private services only: the shared MariaDB is there when its binaries are.
+    if !common::service("MariaDB", "127.0.0.1:3306") {
+        return None;
+    }
+    assert!(common::program("nats-server"), "nats-server is needed");
+    let cluster = services::nats_cluster(3).await;
+    let db = services::mariadb().await;
+    let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
+    let env = vec![("DATABASE_URL".to_owned(), database), ("NATS_URL".to_owned(), cluster.urls())];
+    let mut nodes = Vec::new();
+    for name in ["f1", "f2"] {
+        let mut node = Proc::spawn(&["--node-id".to_owned(), name.to_owned()], &env);
+        node.ready().await;
+        nodes.push(node);
+    }
+    Some(NatsFleet { _db: db, cluster, nodes })
+}
+
 impl Fleet {
     fn addrs(&self) -> Vec<std::net::SocketAddr> {
         self.nodes.iter().map(|n| n.addr).collect()
@@ -210,4 +237,28 @@ async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_no
         assert_eq!(presence(user).await, 1, "user {user} has one session");
     }
     verdict("kill -9 node, node routing", w).await;
+}
+
+/// The NATS backplane (docs/routing.md): under traffic between two nodes, the NATS server
+/// holding the most node connections is killed with SIGKILL; those nodes move to another
+/// server of the cluster and resync, and the checker reports 0 lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn a_nats_server_killed_with_sigkill_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(NatsFleet { _db, mut cluster, nodes }) = nats_fleet().await else { return };
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cluster.clients_named("switchboard").await;
+    assert_eq!(before.iter().sum::<usize>(), 2, "each node holds one NATS connection: {before:?}");
+    let victim = (0..before.len()).max_by_key(|&i| before[i]).expect("a server");
+    cluster.kill(victim);
+    let accepted = w.checker.report().accepted;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.clients_named("switchboard").await;
+    println!("nats kill: node connections per server {before:?} -> {after:?} (killed server {victim})");
+    assert_eq!(after.iter().sum::<usize>(), 2, "the nodes did not move to the other servers: {after:?}");
+    assert!(w.checker.report().accepted > accepted + 10, "sends stalled after the NATS server died");
+    verdict("kill -9 NATS server", w).await;
 }

@@ -1,7 +1,8 @@
 //! Two node processes on different ports sharing MariaDB and Redis, in every routing mode
 //! (docs/routing.md): users on different nodes chat both ways, a user who was offline gets
 //! everything on another node, and a user with sessions on both nodes gets every message on
-//! both. A node started in another mode than its fleet's refuses to start.
+//! both. A node started in another mode than its fleet's refuses to start. The same
+//! exchanges run on a 3-server NATS cluster, the two nodes on different servers.
 
 mod common;
 
@@ -31,14 +32,54 @@ async fn message(ws: &mut WsConn) -> serde_json::Value {
 
 /// Two ready node processes in `mode` on a fresh database and the shared Redis.
 async fn pair(mode: &str) -> Option<(common::Proc, common::Proc)> {
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return None };
-    let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
+    let redis = common::redis_url()?;
+    let backplane = vec![("REDIS_URL".to_owned(), redis)];
+    pair_on(mode, [backplane.clone(), backplane]).await
+}
+
+/// Two ready node processes in `mode` on a fresh database, each with its own backplane
+/// variables.
+async fn pair_on(mode: &str, backplanes: [Vec<(String, String)>; 2]) -> Option<(common::Proc, common::Proc)> {
+    let db = common::mysql_url()?;
     let args = |name: &str| ["--node-id", name, "--routing", mode].map(String::from);
-    let mut n1 = common::Proc::spawn(&args("n1"), &env);
-    let mut n2 = common::Proc::spawn(&args("n2"), &env);
+    let [b1, b2] = backplanes;
+    let env = |backplane: Vec<(String, String)>| {
+        let mut env = vec![("DATABASE_URL".to_owned(), db.clone())];
+        env.extend(backplane);
+        env
+    };
+    let mut n1 = common::Proc::spawn(&args("n1"), &env(b1));
+    let mut n2 = common::Proc::spawn(&args("n2"), &env(b2));
     n1.ready().await;
     n2.ready().await;
     Some((n1, n2))
+}
+
+/// Two ready node processes in `mode` on NATS, each given a different server of `cluster`
+/// (they talk through its routes); `node` mode keeps its presence in the shared Redis.
+async fn nats_pair(mode: &str, cluster: &common::services::NatsCluster) -> Option<(common::Proc, common::Proc)> {
+    let presence = common::redis_url()?;
+    let env = |i: usize| {
+        let mut env = vec![("NATS_URL".to_owned(), cluster.url(i))];
+        if mode == "node" {
+            env.push(("SWITCHBOARD_PRESENCE_REDIS_URL".to_owned(), presence.clone()));
+        }
+        env
+    };
+    pair_on(mode, [env(0), env(1)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn two_node_processes_exchange_messages_over_a_nats_cluster() {
+    assert!(common::program("nats-server"), "nats-server is needed");
+    let cluster = common::services::nats_cluster(3).await;
+    for mode in ["group", "node", "broadcast"] {
+        let Some(nodes) = nats_pair(mode, &cluster).await else { return };
+        exchange(mode, nodes).await;
+        let Some(nodes) = nats_pair(mode, &cluster).await else { return };
+        both_nodes(mode, nodes).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +97,11 @@ async fn a_user_on_two_nodes_gets_every_message_on_both() {
 }
 
 async fn deliver_to_each_other(mode: &str) {
-    let Some((n1, n2)) = pair(mode).await else { return };
+    let Some(nodes) = pair(mode).await else { return };
+    exchange(mode, nodes).await;
+}
+
+async fn exchange(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api2.register(&common::unique("bob")).await.expect("bob");
@@ -96,7 +141,11 @@ async fn deliver_to_each_other(mode: &str) {
 }
 
 async fn sessions_on_both_nodes(mode: &str) {
-    let Some((n1, n2)) = pair(mode).await else { return };
+    let Some(nodes) = pair(mode).await else { return };
+    both_nodes(mode, nodes).await;
+}
+
+async fn both_nodes(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api1.register(&common::unique("bob")).await.expect("bob");

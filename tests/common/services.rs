@@ -217,6 +217,23 @@ impl NatsCluster {
         panic!("the NATS cluster's routes did not come up");
     }
 
+    /// How many client connections named `name` each member holds (0 for a stopped one).
+    pub async fn clients_named(&self, name: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            let mut n = 0;
+            if m.child.is_some() {
+                let api = switchboard::client::Api::new(([127, 0, 0, 1], m.monitor_port).into());
+                if let Ok((_, body)) = api.get("/connz").await {
+                    let conns = body["connections"].as_array().cloned().unwrap_or_default();
+                    n = conns.iter().filter(|c| c["name"] == name).count();
+                }
+            }
+            out.push(n);
+        }
+        out
+    }
+
     /// Kills member `i` with SIGKILL and waits for it to be gone.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
