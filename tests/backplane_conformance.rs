@@ -414,3 +414,41 @@ async fn nats_backplane_moves_to_another_server_and_resyncs() {
         nats_recovers(mode).await;
     }
 }
+
+/// `node` mode on NATS keeps its presence in a Redis that is not the backplane, so the
+/// backplane does not notice when that Redis restarts empty: the liveness refresh does (it
+/// finds its key gone), the node writes its presence again and catches its users up, and
+/// publishes reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_node_mode_writes_its_presence_again_after_the_presence_redis_restarts() {
+    assert!(common::program("nats-server"), "nats-server is needed");
+    if common::redis_url().is_none() {
+        return;
+    }
+    let mut redis = common::services::redis().await;
+    let url = redis.url();
+    let cluster = common::services::nats_cluster(2).await;
+    let mut a = nats_node(Routing::Node, &[cluster.url(0)], Some(&url));
+    let mut b = nats_node(Routing::Node, &[cluster.url(1)], Some(&url));
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let (a, _a_rx) = a;
+    let (b, mut b_rx) = b;
+    let user = random_id();
+    b.subscribe(Channel::User(user));
+    b.barrier().await;
+    redis.stop().await;
+    redis.start().await;
+    let wait = async {
+        while let Some(event) = b_rx.recv().await {
+            if let Event::CatchUp(users) = event {
+                return users;
+            }
+        }
+        Vec::new()
+    };
+    let users = tokio::time::timeout(Duration::from_secs(10), wait).await.expect("a catch-up after the restart");
+    assert_eq!(users, vec![user]);
+    publish_until_delivered(&*a, &mut b_rx, Channel::User(user), Routing::Node).await;
+}
