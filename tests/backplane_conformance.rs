@@ -47,6 +47,19 @@ async fn resynced(rx: &mut mpsc::Receiver<Event>) -> bool {
     tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or(false)
 }
 
+/// The users of the next `CatchUp`, if one comes `within`.
+async fn catch_up(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Option<Vec<UserId>> {
+    let wait = async {
+        while let Some(event) = rx.recv().await {
+            if let Event::CatchUp(users) = event {
+                return Some(users);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(within, wait).await.ok().flatten()
+}
+
 fn random_id() -> i64 {
     use rand::RngExt;
     rand::rng().random_range(1_000_000..i64::MAX / 2)
@@ -280,15 +293,7 @@ async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     let started = tokio::time::Instant::now();
     b.subscribe(Channel::User(user));
     b.barrier().await;
-    let wait = async {
-        while let Some(event) = rx.recv().await {
-            if let Event::CatchUp(users) = event {
-                return users;
-            }
-        }
-        Vec::new()
-    };
-    let users = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a catch-up");
+    let users = catch_up(&mut rx, Duration::from_secs(5)).await.expect("a catch-up");
     assert_eq!(users, vec![user]);
     assert!(started.elapsed() >= cache, "caught up before the cache expired");
 }
@@ -440,15 +445,7 @@ async fn nats_node_mode_writes_its_presence_again_after_the_presence_redis_resta
     b.barrier().await;
     redis.stop().await;
     redis.start().await;
-    let wait = async {
-        while let Some(event) = b_rx.recv().await {
-            if let Event::CatchUp(users) = event {
-                return users;
-            }
-        }
-        Vec::new()
-    };
-    let users = tokio::time::timeout(Duration::from_secs(10), wait).await.expect("a catch-up after the restart");
+    let users = catch_up(&mut b_rx, Duration::from_secs(10)).await.expect("a catch-up after the restart");
     assert_eq!(users, vec![user]);
     publish_until_delivered(&*a, &mut b_rx, Channel::User(user), Routing::Node).await;
 }

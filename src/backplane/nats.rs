@@ -61,7 +61,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::wanted::{Command, Wanted};
+use super::wanted::{Command, Commands, Wanted};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
@@ -168,7 +168,7 @@ pub struct NatsBackplane {
     /// Set as soon as the client exists (right after `connect`), connected or not.
     client: Arc<OnceLock<Client>>,
     metrics: Arc<Metrics>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     stop: CancellationToken,
 }
 
@@ -211,7 +211,7 @@ impl NatsBackplane {
         if let Some(path) = ca_file {
             options = options.add_root_certificates(path.to_path_buf());
         }
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = Commands::channel();
         let stop = CancellationToken::new();
         let subjects = Subjects { prefix: prefix.into() };
         let client = Arc::new(OnceLock::new());
@@ -293,37 +293,26 @@ impl Backplane for NatsBackplane {
             }
             self.confirmed(client).await
         };
-        match tokio::time::timeout(IO_TIMEOUT, sent).await {
-            Ok(res) => {
-                res?;
-                self.metrics.backplane_published.inc_by(messages.len() as u64);
-                Ok(())
-            }
-            Err(_) => Err(BackplaneError::Timeout),
-        }
+        tokio::time::timeout(IO_TIMEOUT, sent).await.unwrap_or(Err(BackplaneError::Timeout))?;
+        self.metrics.backplane_published.inc_by(messages.len() as u64);
+        Ok(())
     }
 
     fn subscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Subscribe(channel));
+        self.commands.subscribe(channel);
     }
 
     fn unsubscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Unsubscribe(channel));
+        self.commands.unsubscribe(channel);
     }
 
     async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.commands.barrier().await;
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
         let client = self.ready().await?;
-        match tokio::time::timeout(IO_TIMEOUT, self.confirmed(client)).await {
-            Ok(res) => res,
-            Err(_) => Err(BackplaneError::Timeout),
-        }
+        tokio::time::timeout(IO_TIMEOUT, self.confirmed(client)).await.unwrap_or(Err(BackplaneError::Timeout))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Channel;
 
@@ -12,6 +12,32 @@ pub(super) enum Command {
     Subscribe(Channel),
     Unsubscribe(Channel),
     Barrier(oneshot::Sender<()>),
+}
+
+/// The callers' side: enqueues commands, in order, for the transport's subscriber task.
+pub(super) struct Commands(mpsc::UnboundedSender<Command>);
+
+impl Commands {
+    pub(super) fn channel() -> (Self, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    pub(super) fn subscribe(&self, channel: Channel) {
+        let _ = self.0.send(Command::Subscribe(channel));
+    }
+
+    pub(super) fn unsubscribe(&self, channel: Channel) {
+        let _ = self.0.send(Command::Unsubscribe(channel));
+    }
+
+    /// Resolves once the task released the barrier (or is gone).
+    pub(super) async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Command::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 /// The channels this node wants.
