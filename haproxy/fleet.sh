@@ -8,6 +8,11 @@
 #                                      again, wait for /readyz and for HAProxy to see it UP
 #   haproxy/fleet.sh down [--fast]     SIGTERM every node (drain), wait, then stop HAProxy;
 #                                      --fast sends a second SIGTERM so nodes finish at once
+#   haproxy/fleet.sh render [--bind ADDR] [--stats-bind ADDR] [PUBLIC:ADMIN:AGENT ...]
+#                                      print the HAProxy config: one server line per node,
+#                                      node i at the i-th port triple (default: the fleet's
+#                                      800i:900i:910i), the frontends at :8080 and :8404 unless
+#                                      given (the tests render theirs with this)
 #
 # Node i (1..N) listens on 127.0.0.1:800i (HTTP + WebSocket), 127.0.0.1:900i (admin: /readyz,
 # /metrics, POST /admin/drain) and 127.0.0.1:910i (HAProxy agent), with node id "node<i>".
@@ -154,26 +159,50 @@ stop_node() {
 # ---------------------------------------------------------------------------------------------
 # haproxy
 
-# The template lists node1..node3; write a copy with one server line per node of this fleet,
-# each derived from node1's line, so FLEET_NODES=5 gets node1..node5.
-render_haproxy_cfg() {
-    local out="$RUN_DIR/haproxy.cfg"
-    awk -v n="$NODES" '
+# Prints the config. The template lists node1..node3; the copy has one server line per node,
+# each derived from node1's line, so FLEET_NODES=5 gets node1..node5. Arguments: see `render`
+# in the header; without port triples, node i of FLEET_NODES gets 800i:900i:910i.
+render_config() {
+    local bind="" stats_bind="" ports=() i
+    while (( $# )); do
+        case "$1" in
+            --bind) bind="${2:?--bind needs an address}"; shift 2 ;;
+            --stats-bind) stats_bind="${2:?--stats-bind needs an address}"; shift 2 ;;
+            *:*:*) ports+=("$1"); shift ;;
+            *) die "render: '$1' is not PUBLIC:ADMIN:AGENT" ;;
+        esac
+    done
+    if (( ${#ports[@]} == 0 )); then
+        for (( i = 1; i <= NODES; i++ )); do
+            ports+=("$(http_port "$i"):$(admin_port "$i"):$(agent_port "$i")")
+        done
+    fi
+    awk -v ports="${ports[*]}" -v bind="$bind" -v stats="$stats_bind" '
+        bind != "" && /^[[:space:]]*bind :8080([[:space:]]|$)/ { sub(/:8080/, bind) }
+        stats != "" && /^[[:space:]]*bind :8404([[:space:]]|$)/ { sub(/:8404/, stats) }
         /^[[:space:]]*server node[0-9]+[[:space:]]/ {
             if ($2 == "node1") {
+                n = split(ports, triples, " ")
                 for (i = 1; i <= n; i++) {
+                    split(triples[i], p, ":")
                     line = $0
                     sub(/node1/, "node" i, line)
-                    sub(/:8001/, ":" (8000 + i), line)
-                    sub(/check port 9001/, "check port " (9000 + i), line)
-                    sub(/agent-port 9101/, "agent-port " (9100 + i), line)
+                    sub(/:8001/, ":" p[1], line)
+                    sub(/check port 9001/, "check port " p[2], line)
+                    sub(/agent-port 9101/, "agent-port " p[3], line)
                     print line
                 }
             }
             next
         }
         { print }
-    ' "$HAPROXY_TEMPLATE" >"$out"
+    ' "$HAPROXY_TEMPLATE"
+}
+
+# Writes the fleet's config into the run directory, checks it, and prints its path.
+render_haproxy_cfg() {
+    local out="$RUN_DIR/haproxy.cfg"
+    render_config >"$out"
     HAPROXY_RUN_DIR="$RUN_DIR" haproxy -c -q -f "$out" || die "generated $out is invalid"
     echo "$out"
 }
@@ -324,6 +353,7 @@ main() {
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         restart-rolling) cmd_restart_rolling ;;
+        render) render_config "$@" ;;
         -h | --help | help) usage 0 ;;
         *) usage ;;
     esac

@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
-use crate::backplane::{Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, NatsBackplane, RedisBackplane};
+use crate::backplane::{
+    Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, NatsBackplane, Partitions, RedisBackplane,
+    RedisClusterBackplane,
+};
 use crate::commit::Commits;
 use crate::config::Config;
 use crate::http::{self, Listener};
@@ -25,35 +28,12 @@ use crate::inbox::{self, Inbox, InboxError, Recorder, SqlInbox};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
-use crate::routing::{self, Presence, StoreDirectory};
+use crate::reads::HandshakeReads;
+use crate::routing::{self, Keyspace, StoreDirectory};
+use crate::state::AppState;
 use crate::store::{Database, Dialect, SqlStore, Store, StoreError};
 use crate::tls::Trust;
-use crate::ws::HandshakeReads;
 use crate::ws::protocol::close;
-
-/// Everything a request handler or session needs, shared by reference count.
-pub struct AppState {
-    pub config: Config,
-    pub node: String,
-    pub store: Arc<dyn Store>,
-    pub inbox: Arc<dyn Inbox>,
-    pub hub: Arc<Hub>,
-    /// Writes delivery positions in coalesced batches.
-    pub recorder: Recorder,
-    /// The handshake's heads and positions reads, batched across concurrent handshakes.
-    pub reads: HandshakeReads,
-    pub metrics: Arc<Metrics>,
-    pub lifecycle: Lifecycle,
-    /// Every WebSocket session task; the drain waits on it.
-    pub sessions: TaskTracker,
-    pub send_limiter: RateLimiter,
-    /// Group commit of concurrent sends: store, then publish.
-    pub commits: Commits,
-    /// Present in signed-token mode.
-    pub tokens: Option<Tokens>,
-    /// Where users are connected (`--routing node` only).
-    pub presence: Option<Arc<Presence>>,
-}
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -108,20 +88,41 @@ impl App {
             Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
             None => redis.clone(),
         };
+        let cluster = match config.redis_cluster_urls.as_slice() {
+            [] => None,
+            urls => Some(redis::cluster::ClusterClient::new(urls.to_vec()).map_err(BackplaneError::from)?),
+        };
         let prefix = config.channel_prefix.clone();
         let mut agreeing = None;
-        // The fleet's routing mode is kept in the backplane's Redis, or with NATS in the
-        // presence Redis if there is one; NATS alone has nowhere to keep it (no check).
-        if let Some(client) = redis.as_ref().or(presence_redis.as_ref()) {
-            routing::agree(client, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
-            let keep = routing::keep_agreeing(client.clone(), prefix.clone(), config.routing);
+        // The fleet's routing mode is kept in the backplane's Redis (or Redis Cluster), or
+        // with NATS in the presence Redis if there is one; NATS alone has nowhere to keep it
+        // (no check).
+        let keyspace = match (&redis, cluster, &presence_redis) {
+            (Some(client), _, _) => Some(Keyspace::Redis(client.clone())),
+            (None, Some(client), _) => Some(Keyspace::Cluster(client)),
+            (None, None, Some(client)) => Some(Keyspace::Redis(client.clone())),
+            (None, None, None) => None,
+        };
+        if let Some(keys) = keyspace {
+            routing::agree(&keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
+            let keep = routing::keep_agreeing(keys, prefix.clone(), config.routing);
             agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
         }
         let nats = config.nats_urls();
-        // The transport: Redis pub/sub, NATS, or the in-process bus of a single node.
+        // The transport: Redis pub/sub, a Redis Cluster's sharded pub/sub, NATS, or the
+        // in-process bus of a single node.
         let transport = |events: mpsc::Sender<Event>| -> Result<Arc<dyn Backplane>, BackplaneError> {
             Ok(match &redis {
                 Some(client) => Arc::new(RedisBackplane::connect(client.clone(), &prefix, events, metrics.clone())?),
+                None if !config.redis_cluster_urls.is_empty() => {
+                    let partitions = Partitions::new(&prefix, config.shard_partitions);
+                    Arc::new(RedisClusterBackplane::connect(
+                        &config.redis_cluster_urls,
+                        partitions,
+                        events,
+                        metrics.clone(),
+                    )?)
+                }
                 None if !nats.is_empty() => {
                     let ca = config.tls_ca_file.as_deref();
                     Arc::new(NatsBackplane::connect(&nats, &prefix, ca, events, metrics.clone())?)
@@ -178,14 +179,13 @@ impl App {
     }
 
     /// Serves until a drain (signal, admin call, agent or `lifecycle().drain()`) completes.
-    pub async fn run(self, public: TcpListener, admin: Option<TcpListener>, agent: Option<TcpListener>) {
+    pub async fn run(self, public: TcpListener, admin: TcpListener, agent: Option<TcpListener>) {
         let state = self.state;
         let stop = CancellationToken::new();
-        let mut servers = Vec::new();
-        servers.push(tokio::spawn(http::serve(public, state.clone(), Listener::Public, stop.clone())));
-        if let Some(admin) = admin {
-            servers.push(tokio::spawn(http::serve(admin, state.clone(), Listener::Admin, stop.clone())));
-        }
+        let servers = [
+            tokio::spawn(http::serve(public, state.clone(), Listener::Public, stop.clone())),
+            tokio::spawn(http::serve(admin, state.clone(), Listener::Admin, stop.clone())),
+        ];
         if let Some(agent) = agent {
             tokio::spawn(crate::agent::serve(agent, state.lifecycle.clone(), stop.clone()));
         }
@@ -282,7 +282,7 @@ async fn upkeep(state: Arc<AppState>) {
         tokio::select! {
             _ = sweep.tick() => state.send_limiter.sweep(),
             _ = health.tick() => {
-                let _ = http::readiness(&state).await;
+                state.check_backends().await;
             }
         }
     }

@@ -17,7 +17,6 @@
 use hyper::StatusCode;
 use ring::hmac;
 
-use crate::app::AppState;
 use crate::http::ApiError;
 use crate::model::UserId;
 
@@ -81,7 +80,7 @@ impl Tokens {
             .ok_or(TokenError::Invalid)?;
         let tag = decode_hex(tag).ok_or(TokenError::Invalid)?;
         hmac::verify(&key.key, claims.as_bytes(), &tag).map_err(|_| TokenError::Invalid)?;
-        let user = crate::http::parse_id(&serde_json::Value::String(user.to_owned())).ok_or(TokenError::Invalid)?;
+        let user = crate::model::parse_id(user).ok_or(TokenError::Invalid)?;
         let expires: i64 = expires.parse().map_err(|_| TokenError::Invalid)?;
         if expires <= now {
             return Err(TokenError::Expired);
@@ -101,8 +100,8 @@ pub enum Caller {
 
 /// The caller of a request carrying `token` (from `Authorization: Bearer`, a `token` field
 /// or a `token` query parameter). In token mode a missing, invalid or expired token is 401.
-pub fn caller(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
-    let Some(tokens) = &state.tokens else { return Ok(Caller::Anyone) };
+pub fn caller(tokens: Option<&Tokens>, token: Option<&str>) -> Result<Caller, ApiError> {
+    let Some(tokens) = tokens else { return Ok(Caller::Anyone) };
     let now = crate::model::now_ms() / 1000;
     tokens.verify(token, now).map(Caller::User).map_err(|e| {
         let (code, detail) = match e {

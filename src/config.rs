@@ -47,6 +47,17 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Backplane on a Redis Cluster (Redis 7): some of its nodes, comma-separated
+    /// (`redis://h1:p1,redis://h2:p2`); the rest are discovered. Needs `--routing sharded`.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',', num_args = 1..)]
+    pub redis_cluster_urls: Vec<String>,
+
+    /// `--routing sharded`: how many hash-tag partitions spread the channels over the
+    /// cluster's slots (128 to 1024). Subscriptions and resubscriptions cost one command per
+    /// partition; every node of a fleet must use the same.
+    #[arg(long, env = "SWITCHBOARD_SHARD_PARTITIONS", default_value_t = 128)]
+    pub shard_partitions: u16,
+
     /// Backplane on NATS instead of Redis: the cluster's servers as `nats://host:port`
     /// (`tls://` for TLS), comma-separated; the client also learns the servers the cluster
     /// advertises and moves to another one when its server dies. Set one backplane only.
@@ -65,8 +76,9 @@ pub struct Config {
     pub channel_prefix: String,
 
     /// How messages find the nodes of their recipients (docs/routing.md): `group` (a channel
-    /// per group with local members), `node` (a channel per node and a presence store in
-    /// Redis) or `broadcast` (one channel, filtered by each node). Every node of a fleet
+    /// per group with local members), `sharded` (the same channels as sharded pub/sub on a
+    /// Redis Cluster), `node` (a channel per node and a presence store in Redis) or
+    /// `broadcast` (one channel, filtered by each node). Every node of a fleet
     /// must use the same; a node that finds another mode on its Redis refuses to start.
     #[arg(long, env = "SWITCHBOARD_ROUTING", value_enum, default_value_t = Routing::Group)]
     pub routing: Routing,
@@ -233,10 +245,26 @@ impl Config {
         if self.max_group_members < 2 {
             return Err("--max-group-members must be at least 2".into());
         }
-        let backplanes = [("REDIS_URL", self.redis_url.is_some()), ("NATS_URL", self.nats_url.is_some())];
+        let backplanes = [
+            ("REDIS_URL", self.redis_url.is_some()),
+            ("REDIS_CLUSTER_URLS", !self.redis_cluster_urls.is_empty()),
+            ("NATS_URL", self.nats_url.is_some()),
+        ];
         let set: Vec<&str> = backplanes.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
         if set.len() > 1 {
             return Err(format!("{} are set, but a node has one backplane: unset all but one", set.join(" and ")));
+        }
+        let sharded = self.routing == Routing::Sharded;
+        if sharded == self.redis_cluster_urls.is_empty() {
+            return Err("--routing sharded and REDIS_CLUSTER_URLS go together: sharded pub/sub needs a Redis Cluster, and a Redis Cluster is used in sharded routing".into());
+        }
+        if !(128..=1024).contains(&self.shard_partitions) {
+            return Err("--shard-partitions must be between 128 and 1024".into());
+        }
+        for url in &self.redis_cluster_urls {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(format!("REDIS_CLUSTER_URLS entries must start with redis://, got {url:?}"));
+            }
         }
         if self.routing == Routing::Node && self.presence_redis().is_none() {
             return Err("--routing node needs a Redis for its presence store: REDIS_URL, or SWITCHBOARD_PRESENCE_REDIS_URL with NATS_URL".into());
@@ -363,7 +391,17 @@ mod tests {
         assert!(c.validate().expect_err("no such CA file").contains("SWITCHBOARD_TLS_CA_FILE"));
         let c = Config::from_args(["--routing", "node"]).expect("parses");
         assert!(c.validate().expect_err("node mode without Redis").contains("REDIS_URL"));
-        assert!(Config::from_args(["--routing", "sharded"]).is_err());
+        let c = Config::from_args(["--routing", "sharded"]).expect("parses");
+        assert!(c.validate().expect_err("sharded without a cluster").contains("REDIS_CLUSTER_URLS"));
+        let c = Config::from_args(["--redis-cluster-urls", "redis://a:1,redis://b:2"]).expect("parses");
+        assert_eq!(c.redis_cluster_urls.len(), 2);
+        assert!(c.validate().expect_err("a cluster in group routing").contains("sharded"));
+        let both = ["--routing", "sharded", "--redis-cluster-urls", "redis://a:1", "--redis-url", "redis://b:2"];
+        assert!(
+            Config::from_args(both).expect("parses").validate().expect_err("two backplanes").contains("one backplane")
+        );
+        let ok = ["--routing", "sharded", "--redis-cluster-urls", "redis://a:1"];
+        assert!(Config::from_args(ok).expect("parses").validate().is_ok());
         let c = Config::from_args(["--redis-url", "redis://r:6379", "--nats-url", "nats://n:4222"]).expect("parses");
         let err = c.validate().expect_err("two backplanes");
         assert!(err.contains("REDIS_URL") && err.contains("NATS_URL") && !err.contains('\n'), "{err}");

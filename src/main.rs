@@ -91,7 +91,7 @@ async fn run(config: Config) -> ExitCode {
         tracing::warn!("second signal: finishing now");
         lifecycle.cut_now();
     });
-    app.run(public, Some(admin), agent).await;
+    app.run(public, admin, agent).await;
     ExitCode::SUCCESS
 }
 

@@ -9,6 +9,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::ws::protocol::Disconnect;
+
 /// Latency buckets from 0.5 ms to 5 s, dense where a healthy gateway lives.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -34,6 +36,7 @@ pub struct Metrics {
     pub backplane_subscriptions: IntGauge,
     pub backplane_received: IntCounter,
     pub backplane_reconnects: IntCounter,
+    pub backplane_resubscribes: IntCounter,
     pub backplane_published: IntCounter,
     pub presence_lookups: IntCounterVec,
     pub store_query_duration: HistogramVec,
@@ -137,6 +140,10 @@ impl Metrics {
                 "backplane_reconnects_total",
                 "Backplane reconnections after a lost connection."
             ))),
+            backplane_resubscribes: reg!(IntCounter::with_opts(opts(
+                "backplane_resubscribe_commands_total",
+                "Subscribe commands sent to restore subscriptions after a lost connection or a topology change."
+            ))),
             backplane_published: reg!(IntCounter::with_opts(opts(
                 "backplane_published_total",
                 "PUBLISH commands this node sent to the backplane."
@@ -186,18 +193,8 @@ impl Metrics {
             m.backend_up.with_label_values(&[backend]).set(1);
         }
         // Known label values exist from the start, so dashboards show 0 rather than no data.
-        for reason in [
-            "client_close",
-            "client_gone",
-            "heartbeat_timeout",
-            "slow_consumer",
-            "draining",
-            "drain_timeout",
-            "protocol_error",
-            "too_large",
-            "error",
-        ] {
-            m.ws_disconnects.with_label_values(&[reason]);
+        for reason in Disconnect::ALL {
+            m.ws_disconnects.with_label_values(&[reason.as_str()]);
         }
         for reason in [
             "draining",
@@ -263,7 +260,7 @@ mod tests {
     #[test]
     fn every_design_metric_is_exported() {
         let m = Metrics::new("n1");
-        m.ws_disconnects.with_label_values(&["client_close"]).inc();
+        m.ws_disconnects.with_label_values(&[Disconnect::ClientClose.as_str()]).inc();
         m.ws_upgrade_rejected.with_label_values(&["draining"]).inc();
         m.messages_delivered.with_label_values(&["live"]).inc();
         m.http_requests.with_label_values(&["/register", "200"]).inc();
@@ -292,6 +289,7 @@ mod tests {
             "switchboard_backplane_subscriptions",
             "switchboard_backplane_messages_received_total",
             "switchboard_backplane_reconnects_total",
+            "switchboard_backplane_resubscribe_commands_total",
             "switchboard_backplane_published_total",
             "switchboard_presence_lookups_total",
             "switchboard_store_query_duration_seconds_bucket",

@@ -101,6 +101,16 @@ impl Group {
     }
 }
 
+/// A positive 64-bit id from its decimal text (surrounding blanks aside): the one parser of
+/// ids in paths, fields and tokens.
+pub fn parse_id(text: &str) -> Option<i64> {
+    let s = text.trim();
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|id| *id > 0)
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

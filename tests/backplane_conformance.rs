@@ -16,7 +16,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use switchboard::backplane::{Backplane, Channel, Event, MemoryBackplane, MemoryBus, NatsBackplane, RedisBackplane};
+use common::services::RedisCluster;
+use switchboard::backplane::{
+    Backplane, Channel, Event, MemoryBackplane, MemoryBus, NatsBackplane, Partitions, RedisBackplane,
+    RedisClusterBackplane, slot,
+};
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};
 use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
@@ -296,6 +300,67 @@ async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     let users = catch_up(&mut rx, Duration::from_secs(5)).await.expect("a catch-up");
     assert_eq!(users, vec![user]);
     assert!(started.elapsed() >= cache, "caught up before the cache expired");
+}
+
+fn cluster_node(urls: &[String]) -> Node {
+    routed(Routing::Sharded, None, |tx| {
+        let partitions = Partitions::new("conformance:", 128);
+        let metrics = Arc::new(Metrics::new("t"));
+        Arc::new(RedisClusterBackplane::connect(urls, partitions, tx, metrics).expect("cluster backplane"))
+    })
+}
+
+/// Two nodes on a 3-master Redis Cluster, each connected once (the first `Resynced`).
+async fn cluster_pair(cluster: &RedisCluster) -> (Node, Node) {
+    let (a, mut a_rx) = cluster_node(&cluster.urls()[..1]);
+    let (b, mut b_rx) = cluster_node(&cluster.urls()[3..]);
+    assert!(resynced(&mut a_rx).await && resynced(&mut b_rx).await, "no first Resynced on the cluster");
+    ((a, a_rx), (b, b_rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn redis_cluster_backplane_conforms_in_sharded_mode() {
+    let cluster = RedisCluster::start().await;
+    let (a, b) = cluster_pair(&cluster).await;
+    suite(Routing::Sharded, a, b).await;
+}
+
+/// Killing the master that holds a channel's partition: its replica takes over, the node
+/// resubscribes there by itself, says `Resynced`, and delivers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn redis_cluster_backplane_resubscribes_after_a_master_failover() {
+    let mut cluster = RedisCluster::start().await;
+    let ((a, _a_rx), (b, mut b_rx)) = cluster_pair(&cluster).await;
+    let g = Channel::Group(random_id());
+    // Subscriptions on every master, so the failover leaves some untouched.
+    let others: Vec<Channel> = (0..50).map(|_| Channel::Group(random_id())).collect();
+    b.subscribe(g);
+    for c in &others {
+        b.subscribe(*c);
+    }
+    b.barrier().await;
+    let partitions = Partitions::new("conformance:", 128);
+    let victim = cluster.owner_of(slot(partitions.name(g).as_bytes()));
+    cluster.kill(victim);
+    cluster.wait_failover(victim).await;
+    assert!(resynced(&mut b_rx).await, "no Resynced after the failover");
+    let mut sent = false;
+    for _ in 0..20 {
+        if a.publish(&[(g, Bytes::from_static(b"after"))]).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "publish never succeeded again");
+    assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await, Some((g, Bytes::from_static(b"after"))));
+    // The channels elsewhere still deliver.
+    for c in &others {
+        a.publish(&[(*c, Bytes::from_static(b"x"))]).await.expect("publish");
+        assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await, Some((*c, Bytes::from_static(b"x"))));
+    }
 }
 
 fn nats_transport(urls: &[String], events: mpsc::Sender<Event>) -> Arc<dyn Backplane> {

@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use switchboard::metrics::Metrics;
+use switchboard::model::Message;
 use switchboard::store::{Database, NewMessage, Page, SqlStore, Store, StoreError};
 
 async fn open(url: &str) -> Arc<dyn Store> {
@@ -21,6 +22,11 @@ fn msg(group: i64, sender: i64, content: &str, client: Option<&str>) -> NewMessa
         client_msg_id: client.map(Into::into),
         sent_at_ms: switchboard::model::now_ms(),
     }
+}
+
+/// One message: a batch of one.
+async fn insert_one(store: &dyn Store, message: NewMessage) -> Result<(Message, bool), StoreError> {
+    store.insert_messages(vec![message]).await.pop().expect("one result per message")
 }
 
 async fn suite(store: Arc<dyn Store>) {
@@ -104,24 +110,22 @@ async fn suite(store: Arc<dyn Store>) {
     let mut sent = Vec::new();
     for i in 0..10 {
         let (m, created) =
-            store.insert_message(msg(g.group_id, alice.user_id, &format!("m{i}"), None)).await.expect("insert");
+            insert_one(&*store, msg(g.group_id, alice.user_id, &format!("m{i}"), None)).await.expect("insert");
         assert!(created);
         sent.push(m);
     }
     assert!(sent.windows(2).all(|w| w[0].message_id < w[1].message_id));
-    let (first, created) =
-        store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("first");
+    let (first, created) = insert_one(&*store, msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("first");
     assert!(created);
-    let (retry, created) =
-        store.insert_message(msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("retry");
+    let (retry, created) = insert_one(&*store, msg(g.group_id, bob.user_id, "once", Some("c-1"))).await.expect("retry");
     assert!(!created);
     assert_eq!(retry, first);
     assert!(matches!(
-        store.insert_message(msg(g.group_id, bob.user_id, "different", Some("c-1"))).await,
+        insert_one(&*store, msg(g.group_id, bob.user_id, "different", Some("c-1"))).await,
         Err(StoreError::ClientMsgIdReused)
     ));
     // Another sender may use the same client id.
-    assert!(store.insert_message(msg(g.group_id, alice.user_id, "once", Some("c-1"))).await.expect("other").1);
+    assert!(insert_one(&*store, msg(g.group_id, alice.user_id, "once", Some("c-1"))).await.expect("other").1);
 
     let all = store.messages(g.group_id, Page { after: None, before: None, limit: 500 }).await.expect("all");
     assert_eq!(all.len(), 12);
@@ -142,7 +146,7 @@ async fn suite(store: Arc<dyn Store>) {
         .expect("before");
     assert_eq!(before.iter().map(|m| &m.content[..]).collect::<Vec<_>>(), vec!["m0", "m1"]);
     let weird = "'; DELETE FROM messages; -- <script>alert(1)</script> \u{1F600}";
-    let (w, _) = store.insert_message(msg(g.group_id, alice.user_id, weird, None)).await.expect("weird");
+    let (w, _) = insert_one(&*store, msg(g.group_id, alice.user_id, weird, None)).await.expect("weird");
     let rest = store.messages(g.group_id, Page { after: None, before: None, limit: 500 }).await.expect("rest");
     assert_eq!(rest.last().map(|m| m.content.as_str()), Some(weird));
     assert_eq!(rest.last().map(|m| m.message_id), Some(w.message_id));
@@ -177,8 +181,7 @@ async fn suite(store: Arc<dyn Store>) {
                 let mut ids = Vec::new();
                 for j in 0..10 {
                     ids.push(
-                        store
-                            .insert_message(msg(gid, sender, &format!("c{i}-{j}"), None))
+                        insert_one(&*store, msg(gid, sender, &format!("c{i}-{j}"), None))
                             .await
                             .expect("insert")
                             .0

@@ -306,7 +306,7 @@ async fn a_message_that_was_never_published_is_read_from_the_store_in_order() {
         client_msg_id: None,
         sent_at_ms: switchboard::model::now_ms(),
     };
-    let (lost, _) = node.state.store.insert_message(unpublished).await.expect("insert");
+    let (lost, _) = node.state.store.insert_messages(vec![unpublished]).await.pop().expect("one").expect("insert");
     let next = send(&node, alice, group, "after the hole").await;
     let a = next_message(&mut ws).await;
     let b = next_message(&mut ws).await;

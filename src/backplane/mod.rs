@@ -18,6 +18,7 @@
 //!
 //! [`Hub`]: crate::hub::Hub
 
+mod cluster;
 mod envelope;
 mod memory;
 mod nats;
@@ -32,6 +33,7 @@ use thiserror::Error;
 
 use crate::model::{GroupId, UserId};
 
+pub use cluster::{Partitions, RedisClusterBackplane, slot};
 pub use envelope::Envelope;
 pub use memory::{MemoryBackplane, MemoryBus};
 pub use nats::NatsBackplane;
@@ -95,8 +97,8 @@ pub enum BackplaneError {
     Nats(String),
     #[error("backplane timed out")]
     Timeout,
-    #[error("backplane closed")]
-    Closed,
+    #[error("backplane not connected yet")]
+    NotConnected,
     #[error("--routing node needs a Redis for its presence store")]
     NeedsRedis,
 }

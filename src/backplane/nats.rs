@@ -239,11 +239,11 @@ impl NatsBackplane {
             };
             match tokio::time::timeout_at(deadline, link.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(BackplaneError::Closed),
+                Ok(Err(_)) => return Err(BackplaneError::NotConnected),
                 Err(_) => return Err(BackplaneError::Nats("not connected".into())),
             }
         }
-        self.client.get().ok_or(BackplaneError::Closed)
+        self.client.get().ok_or(BackplaneError::NotConnected)
     }
 
     /// A probe round trip: everything this client sent before is processed by the server.

@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 
 /// Bound on one Redis round trip; a dead Redis must not hang a request.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most channels named by one SUBSCRIBE.
+const SUBSCRIBE_CHUNK: usize = 1000;
 /// How often an idle pub/sub connection is pinged to notice a half-open socket.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -138,7 +140,7 @@ struct Subscriber {
 
 impl Subscriber {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0;
         let mut connected_before = false;
         loop {
             // Connect, applying commands meanwhile so callers never wait on a dead Redis.
@@ -149,11 +151,12 @@ impl Subscriber {
             let (mut sink, mut stream) = match pubsub {
                 Ok(Ok(p)) => p.split(),
                 failed => {
+                    let backoff = RECONNECT.delay(failures);
                     if let Ok(Err(e)) = failed {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis pub/sub connect failed");
                     }
                     self.metrics.backend_up.with_label_values(&["backplane"]).set(0);
-                    let deadline = tokio::time::sleep(jitter(backoff));
+                    let deadline = tokio::time::sleep(backoff);
                     tokio::pin!(deadline);
                     loop {
                         tokio::select! {
@@ -165,7 +168,7 @@ impl Subscriber {
                             },
                         }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    failures += 1;
                     continue;
                 }
             };
@@ -173,11 +176,12 @@ impl Subscriber {
             if !all.is_empty() && subscribe_all(&mut sink, &all).await.is_err() {
                 continue;
             }
-            backoff = Duration::from_millis(100);
+            failures = 0;
             self.metrics.backend_up.with_label_values(&["backplane"]).set(1);
             self.metrics.backplane_subscriptions.set(self.wanted.len() as i64);
             if connected_before {
                 self.metrics.backplane_reconnects.inc();
+                self.metrics.backplane_resubscribes.inc_by(all.len().div_ceil(SUBSCRIBE_CHUNK) as u64);
                 tracing::info!(channels = all.len(), "redis pub/sub reconnected and resubscribed");
             }
             connected_before = true;
@@ -296,7 +300,7 @@ impl Subscriber {
 
 async fn subscribe_all(sink: &mut PubSubSink, names: &[String]) -> Result<(), ()> {
     // Large sets go in slices so one command stays a reasonable size.
-    for chunk in names.chunks(1000) {
+    for chunk in names.chunks(SUBSCRIBE_CHUNK) {
         timed(sink.subscribe(chunk)).await?;
     }
     Ok(())
@@ -313,9 +317,10 @@ async fn timed<F: std::future::Future<Output = redis::RedisResult<()>>>(f: F) ->
     }
 }
 
-/// Backoff plus up to 50% jitter so that a fleet does not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    use rand::RngExt;
-    let extra = rand::rng().random_range(0..=d.as_millis() as u64 / 2);
-    d + Duration::from_millis(extra)
-}
+/// Reconnect delay: 100 ms doubling to 5 s, plus up to 50% jitter so that a fleet does not
+/// reconnect in lockstep.
+const RECONNECT: crate::backoff::Backoff = crate::backoff::Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+    jitter: crate::backoff::Jitter::Percent(50),
+};

@@ -9,16 +9,14 @@
 //!   themselves and hand the gateway's token on (token mode only).
 //! - `GET /admin/info`: what this node is and what it is connected to.
 
-use std::sync::Arc;
-
 use hyper::StatusCode;
 use serde_json::json;
 
 use super::body::Fields;
 use super::error::ApiError;
 use super::handlers::{self, Reply};
-use crate::app::AppState;
 use crate::model::{UserId, now_ms, rfc3339_millis};
+use crate::state::AppState;
 
 /// The sender id of system messages: no user has it (ids start at 1).
 pub const SYSTEM_SENDER: UserId = 0;
@@ -54,13 +52,13 @@ pub async fn token(state: &AppState, f: Fields) -> Reply {
     Ok(json!({ "user_id": user, "token": token, "token_expires_at": rfc3339_millis(expires.saturating_mul(1000)) }))
 }
 
-pub async fn info(state: &Arc<AppState>) -> Reply {
-    let (_, readiness) = handlers::readiness(state).await;
+pub async fn info(state: &AppState) -> Reply {
+    let backends = state.check_backends().await;
     let config = &state.config;
     let store = if config.database_url.starts_with("sqlite:") { "sqlite" } else { "mysql" };
     let inbox = if config.mongodb_url.is_some() { "mongodb" } else { "sql" };
     let backplane = if config.redis_url.is_some() { "redis" } else { "memory" };
-    let backend = |name: &str, kind: &str| json!({ "kind": kind, "status": readiness["backends"][name] });
+    let backend = |kind: &str, up: bool| json!({ "kind": kind, "status": handlers::up_or_down(up) });
     Ok(json!({
         "node": state.node,
         "version": env!("CARGO_PKG_VERSION"),
@@ -69,9 +67,9 @@ pub async fn info(state: &Arc<AppState>) -> Reply {
         "routing": state.config.routing.name(),
         "token_mode": state.tokens.is_some(),
         "backends": {
-            "store": backend("store", store),
-            "inbox": backend("inbox", inbox),
-            "backplane": backend("backplane", backplane),
+            "store": backend(store, backends.store),
+            "inbox": backend(inbox, backends.inbox),
+            "backplane": backend(backplane, backends.backplane),
         },
     }))
 }

@@ -8,9 +8,7 @@ use hyper::{Request, StatusCode};
 use serde_json::Value;
 
 use super::error::ApiError;
-
-/// Largest id accepted: ids are signed 64-bit in every backend.
-const MAX_ID: i64 = i64::MAX;
+use crate::model::parse_id;
 
 #[derive(Debug, Default)]
 pub struct Fields {
@@ -108,7 +106,7 @@ impl Fields {
         match self.one(name)? {
             None => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(v) => parse_id(v).map(Some).ok_or_else(|| invalid_id(name)),
+            Some(v) => json_id(v).map(Some).ok_or_else(|| invalid_id(name)),
         }
     }
 
@@ -124,16 +122,16 @@ impl Fields {
             match v {
                 Value::Array(items) => {
                     for item in items {
-                        out.push(parse_id(item).ok_or_else(|| invalid_id(name))?);
+                        out.push(json_id(item).ok_or_else(|| invalid_id(name))?);
                     }
                 }
                 Value::String(s) => {
                     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                        out.push(parse_id(&Value::String(part.to_owned())).ok_or_else(|| invalid_id(name))?);
+                        out.push(parse_id(part).ok_or_else(|| invalid_id(name))?);
                     }
                 }
                 Value::Null => {}
-                other => out.push(parse_id(other).ok_or_else(|| invalid_id(name))?),
+                other => out.push(json_id(other).ok_or_else(|| invalid_id(name))?),
             }
         }
         Ok(out)
@@ -166,19 +164,18 @@ fn invalid_id(name: &str) -> ApiError {
 }
 
 /// A positive 64-bit id from a JSON number or a decimal string.
-pub fn parse_id(v: &Value) -> Option<i64> {
-    let id = match v {
-        Value::Number(n) => n.as_i64()?,
-        Value::String(s) => {
-            let s = s.trim();
-            if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            s.parse().ok()?
-        }
-        _ => return None,
-    };
-    (1..=MAX_ID).contains(&id).then_some(id)
+pub fn json_id(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().filter(|id| *id > 0),
+        Value::String(s) => parse_id(s),
+        _ => None,
+    }
+}
+
+/// The id in a path segment (`/users/{id}`, `/ws/{user_id}`); `what` names it in the 400.
+pub fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    parse_id(raw)
+        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("The {what} id must be a positive integer.")))
 }
 
 #[cfg(test)]

@@ -2,18 +2,16 @@
 //! backplane in the order that keeps the delivery promise (docs/delivery.md), and answers
 //! JSON.
 
-use std::sync::Arc;
-
 use hyper::StatusCode;
 use serde_json::json;
 
 use super::body::Fields;
 use super::error::ApiError;
 use super::router::request_token;
-use crate::app::AppState;
 use crate::auth::{self, Caller};
 use crate::backplane::{Channel, Envelope};
 use crate::model::{Group, GroupId, UserId, now_ms, rfc3339_millis};
+use crate::state::{AppState, Readiness};
 use crate::store::{NewMessage, Page};
 use crate::ws::protocol;
 
@@ -58,7 +56,7 @@ pub async fn register(state: &AppState, f: Fields) -> Reply {
 
 pub async fn create_group(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let created_by = f.require_id("created_by")?;
-    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(created_by)?;
+    auth::caller(state.tokens.as_ref(), request_token(&f, bearer)?.as_deref())?.require(created_by)?;
     let name = match f.text("name")?.or(f.text("groupName")?) {
         Some(n) if !n.trim().is_empty() => clean_name(Some(n), "name", "invalid_name", MAX_GROUP_NAME)?,
         _ => "Conversation".to_owned(),
@@ -113,7 +111,7 @@ async fn announce_group(state: &AppState, group: &Group) {
 
 pub async fn send_message(state: &AppState, f: Fields, bearer: Option<String>) -> Reply {
     let sender_id = f.require_id("sender_id")?;
-    auth::caller(state, request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
+    auth::caller(state.tokens.as_ref(), request_token(&f, bearer)?.as_deref())?.require(sender_id)?;
     let (content, client_msg_id) = message_text(state, &f)?;
     let (group_id, members) = target(state, &f, sender_id).await?;
     require_member(state, sender_id, &members).await?;
@@ -248,31 +246,21 @@ pub async fn group_messages(state: &AppState, group: GroupId, query: &Fields, ca
     Ok(serde_json::Value::Array(messages.iter().map(|m| m.to_json()).collect()))
 }
 
-/// Readiness: Ready and every backend answers. Also refreshes `backend_up`.
-pub async fn readiness(state: &Arc<AppState>) -> (StatusCode, serde_json::Value) {
-    let timeout = std::time::Duration::from_secs(2);
-    let (store, inbox, backplane) = tokio::join!(
-        tokio::time::timeout(timeout, state.store.ping()),
-        tokio::time::timeout(timeout, state.inbox.ping()),
-        tokio::time::timeout(timeout, state.hub.backplane().ping()),
-    );
-    let up = [
-        ("store", matches!(store, Ok(Ok(())))),
-        ("inbox", matches!(inbox, Ok(Ok(())))),
-        ("backplane", matches!(backplane, Ok(Ok(())))),
-    ];
-    for (name, ok) in up {
-        state.metrics.backend_up.with_label_values(&[name]).set(i64::from(ok));
-    }
-    let phase = state.lifecycle.phase();
-    let ready = phase == crate::lifecycle::Phase::Ready && up.iter().all(|(_, ok)| *ok);
+/// `/readyz`: 200 when the node is ready, 503 otherwise, with the phase and each backend.
+pub fn readiness(node: &str, r: &Readiness) -> (StatusCode, serde_json::Value) {
+    let ready = r.ready();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "phase": phase.as_str(),
-        "node": state.node,
-        "backends": up.iter().map(|(n, ok)| (n.to_string(), json!(if *ok { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
+        "phase": r.phase.as_str(),
+        "node": node,
+        "backends": r.backends.by_name().iter().map(|(n, up)| (n.to_string(), json!(up_or_down(*up)))).collect::<serde_json::Map<_, _>>(),
     });
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+/// A backend's status as `/readyz` and `/admin/info` spell it.
+pub(super) fn up_or_down(up: bool) -> &'static str {
+    if up { "up" } else { "down" }
 }
 
 pub fn not_found_route() -> ApiError {

@@ -21,12 +21,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use body::{Fields, parse_id};
+pub use body::{Fields, json_id, path_id};
 pub use error::{ApiError, Body, json_response};
-pub use handlers::readiness;
 pub use router::{Listener, bearer_token, request_token};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// How long in-flight requests get to finish once the listener stops.
 const GRACE: Duration = Duration::from_secs(30);

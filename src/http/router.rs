@@ -9,11 +9,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
-use super::body::Fields;
+use super::body::{Fields, path_id};
 use super::error::{ApiError, Body, json_response};
 use super::{admin, handlers, users};
-use crate::app::AppState;
 use crate::auth::{self, Caller};
+use crate::state::AppState;
 
 /// Which listener a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub async fn route(state: Arc<AppState>, listener: Listener, req: Request<Incomi
             ("/healthz", Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "ok", "node": state.node }))))
         }
         (_, &Method::GET, ["readyz"]) => {
-            let (status, body) = handlers::readiness(&state).await;
+            let (status, body) = handlers::readiness(&state.node, &state.readiness().await);
             ("/readyz", Ok(json_response(status, &body)))
         }
         (_, &Method::GET, ["metrics"]) => ("/metrics", Ok(metrics(&state))),
@@ -157,17 +157,12 @@ pub fn request_token(fields: &Fields, bearer: Option<String>) -> Result<Option<S
 /// The query string of a GET and who it comes from (401 in token mode without a valid token).
 fn query_caller<B>(state: &AppState, req: &Request<B>) -> Result<(Fields, Caller), ApiError> {
     let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes())?;
-    let caller = auth::caller(state, request_token(&query, bearer_token(req))?.as_deref())?;
+    let caller = auth::caller(state.tokens.as_ref(), request_token(&query, bearer_token(req))?.as_deref())?;
     Ok((query, caller))
 }
 
 async fn form(state: &AppState, req: Request<Incoming>) -> Result<Fields, ApiError> {
     Fields::read(req, state.config.max_body_bytes).await
-}
-
-fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    super::body::parse_id(&serde_json::Value::String(raw.to_owned()))
-        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("The {what} id must be a positive integer.")))
 }
 
 fn ok_json(v: serde_json::Value) -> Response<Body> {

@@ -6,8 +6,8 @@ use serde_json::json;
 use super::body::Fields;
 use super::error::ApiError;
 use super::handlers::{MAX_USERNAME, Reply, clean_name};
-use crate::app::AppState;
 use crate::model::UserId;
+use crate::state::AppState;
 
 /// `GET /users/{id}`.
 pub async fn user(state: &AppState, id: UserId) -> Reply {

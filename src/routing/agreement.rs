@@ -24,14 +24,22 @@ pub struct Disagreement {
     pub mine: &'static str,
 }
 
+/// Where the fleet's shared keys live: the backplane's Redis or Redis Cluster.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant, reason = "built once per node")]
+pub enum Keyspace {
+    Redis(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 fn key(prefix: &str) -> String {
     format!("{prefix}routing")
 }
 
 /// Claims the fleet's mode, or finds it equal. An unreachable Redis is no disagreement (the
 /// node may start before Redis; [`keep_agreeing`] claims it later).
-pub async fn agree(client: &redis::Client, prefix: &str, mode: Routing) -> Result<(), Disagreement> {
-    match tokio::time::timeout(IO_TIMEOUT, claim(client, prefix, mode)).await {
+pub async fn agree(keys: &Keyspace, prefix: &str, mode: Routing) -> Result<(), Disagreement> {
+    match tokio::time::timeout(IO_TIMEOUT, claim(keys, prefix, mode)).await {
         Ok(Ok(None)) => Ok(()),
         Ok(Ok(Some(fleet))) => Err(Disagreement { fleet, mine: mode.name() }),
         Ok(Err(e)) => {
@@ -46,15 +54,25 @@ pub async fn agree(client: &redis::Client, prefix: &str, mode: Routing) -> Resul
 }
 
 /// Sets the key to `mode` unless it holds another mode, which is returned.
-async fn claim(client: &redis::Client, prefix: &str, mode: Routing) -> redis::RedisResult<Option<String>> {
-    let mut conn = client.get_multiplexed_async_connection().await?;
+async fn claim(keys: &Keyspace, prefix: &str, mode: Routing) -> redis::RedisResult<Option<String>> {
+    match keys {
+        Keyspace::Redis(client) => claim_on(&mut client.get_multiplexed_async_connection().await?, prefix, mode).await,
+        Keyspace::Cluster(client) => claim_on(&mut client.get_async_connection().await?, prefix, mode).await,
+    }
+}
+
+async fn claim_on<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    prefix: &str,
+    mode: Routing,
+) -> redis::RedisResult<Option<String>> {
     let key = key(prefix);
-    let current: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    let current: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
     match current {
         Some(fleet) if fleet != mode.name() => Ok(Some(fleet)),
         _ => {
             let ttl = FLEET_TTL.as_millis() as u64;
-            redis::cmd("SET").arg(&key).arg(mode.name()).arg("PX").arg(ttl).query_async::<()>(&mut conn).await?;
+            redis::cmd("SET").arg(&key).arg(mode.name()).arg("PX").arg(ttl).query_async::<()>(conn).await?;
             Ok(None)
         }
     }
@@ -62,12 +80,12 @@ async fn claim(client: &redis::Client, prefix: &str, mode: Routing) -> redis::Re
 
 /// Refreshes the fleet's mode for as long as the node runs (the caller aborts it); logs an
 /// error if another mode took the key meanwhile.
-pub async fn keep_agreeing(client: redis::Client, prefix: String, mode: Routing) {
+pub async fn keep_agreeing(keys: Keyspace, prefix: String, mode: Routing) {
     let mut tick = tokio::time::interval(FLEET_TTL / 3);
     tick.reset();
     loop {
         tick.tick().await;
-        if let Ok(Ok(Some(fleet))) = tokio::time::timeout(IO_TIMEOUT, claim(&client, &prefix, mode)).await {
+        if let Ok(Ok(Some(fleet))) = tokio::time::timeout(IO_TIMEOUT, claim(&keys, &prefix, mode)).await {
             tracing::error!(
                 fleet = %fleet,
                 mine = mode.name(),

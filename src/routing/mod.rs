@@ -11,9 +11,8 @@
 //! - [`NodeBackplane`]: a node subscribes only `node:{incarnation}`; a sender's node finds
 //!   the recipients' nodes in the [`Presence`] store and publishes once per target node.
 //!
-//! A later `sharded` mode (Redis Cluster) changes the transport, not the routing: it is a
-//! `Backplane` that spreads `group` mode's channels over shards (SSUBSCRIBE/SPUBLISH), and
-//! [`Routing`] gains a value that picks it in `App::build`.
+//! `sharded` changes the transport, not the routing: `group` mode's channels on a Redis
+//! Cluster's sharded pub/sub ([`RedisClusterBackplane`](crate::backplane::RedisClusterBackplane)).
 
 mod agreement;
 mod broadcast;
@@ -32,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::model::{GroupId, UserId};
 use crate::store::Store;
 
-pub use agreement::{Disagreement, agree, keep_agreeing};
+pub use agreement::{Disagreement, Keyspace, agree, keep_agreeing};
 pub use broadcast::BroadcastBackplane;
 pub use node::NodeBackplane;
 pub use presence::{Presence, PresenceConfig};
@@ -42,6 +41,8 @@ pub use presence::{Presence, PresenceConfig};
 pub enum Routing {
     /// A channel per group with local members and per user with local sessions.
     Group,
+    /// `group`'s channels as sharded pub/sub on a Redis Cluster, hash-tagged into partitions.
+    Sharded,
     /// A channel per node, and a presence store saying which nodes hold which users.
     Node,
     /// One channel for everything; each node filters by its local sessions.
@@ -52,6 +53,7 @@ impl Routing {
     pub fn name(self) -> &'static str {
         match self {
             Routing::Group => "group",
+            Routing::Sharded => "sharded",
             Routing::Node => "node",
             Routing::Broadcast => "broadcast",
         }
@@ -106,7 +108,7 @@ pub fn build<F>(setup: Setup<'_>, events: mpsc::Sender<Event>, connect: F) -> Re
 where
     F: FnOnce(mpsc::Sender<Event>) -> Result<Arc<dyn Backplane>, BackplaneError>,
 {
-    if setup.mode == Routing::Group {
+    if matches!(setup.mode, Routing::Group | Routing::Sharded) {
         return Ok(Routed { backplane: connect(events)?, presence: None });
     }
     let (tx, rx) = mpsc::channel(4096);

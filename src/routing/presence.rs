@@ -29,12 +29,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::backplane::{BackplaneError, Event};
 use crate::metrics::Metrics;
 use crate::model::UserId;
 
 /// Bound on one Redis round trip.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two tries at writing everything again: 100 ms doubling to 500 ms.
+const REWRITE: Backoff =
+    Backoff { base: Duration::from_millis(100), cap: Duration::from_millis(500), jitter: Jitter::None };
 /// Cached users before the cache starts over.
 const CACHE_USERS: usize = 200_000;
 /// Fields written per pipeline when the whole presence is written again.
@@ -436,12 +440,12 @@ impl Writer {
     /// Writes the liveness key, every wanted field and the deletions that failed; returns
     /// the users written. A connection that broke with the restart may fail the first try.
     async fn write_all(&mut self) -> Vec<UserId> {
-        for attempt in 1..=5u32 {
+        for attempt in 0..5 {
             if self.try_write_all().await {
                 tracing::info!(users = self.wanted.len(), "presence written again");
                 return self.wanted.iter().copied().collect();
             }
-            tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+            tokio::time::sleep(REWRITE.delay(attempt)).await;
         }
         // Redis went away again; the next reconnect writes everything once more.
         Vec::new()

@@ -78,13 +78,6 @@ pub trait Store: Send + Sync {
     /// ids and sequence numbers increase in commit order within a group. A `client_msg_id`
     /// already used by the sender returns the stored message and `false`.
     async fn insert_messages(&self, batch: Vec<NewMessage>) -> Vec<Result<(Message, bool), StoreError>>;
-    /// One message: a batch of one.
-    async fn insert_message(&self, message: NewMessage) -> Result<(Message, bool), StoreError> {
-        self.insert_messages(vec![message])
-            .await
-            .pop()
-            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::RowNotFound)))
-    }
     async fn messages(&self, group: GroupId, page: Page) -> Result<Vec<Message>, StoreError>;
     /// Catch-up: the messages of each `(group, seq)` above `seq`, sent after `since_ms`, in id
     /// order, at most `limit`. Whatever is returned of a group is a gap-free run from its

@@ -5,10 +5,7 @@ mod coalesce;
 mod cursor;
 pub mod protocol;
 mod reader;
-mod reads;
 mod session;
-
-pub use reads::HandshakeReads;
 
 use std::sync::Arc;
 
@@ -17,8 +14,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use crate::app::AppState;
-use crate::http::{ApiError, Body, Fields, bearer_token, parse_id, request_token};
+use crate::http::{ApiError, Body, Fields, bearer_token, path_id, request_token};
+use crate::state::AppState;
 
 pub async fn upgrade(
     state: &Arc<AppState>,
@@ -35,10 +32,7 @@ pub async fn upgrade(
         let e = ApiError::unavailable("draining", "This node is draining; reconnect to another node.");
         return Err(reject("draining", e.retry_after(2)));
     }
-    let Some(user_id) = parse_id(&serde_json::Value::String(raw_id.to_owned())) else {
-        let e = ApiError::bad_request("invalid_id", "The user id must be a positive integer.");
-        return Err(reject("bad_request", e));
-    };
+    let user_id = path_id(raw_id, "user").map_err(|e| reject("bad_request", e))?;
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let e = ApiError::bad_request("not_websocket", "Expected a WebSocket upgrade request.");
         return Err(reject("bad_request", e));
@@ -52,7 +46,7 @@ pub async fn upgrade(
     }
     let query = Fields::from_query(req.uri().query().unwrap_or("").as_bytes()).map_err(|e| reject("bad_request", e))?;
     let token = request_token(&query, bearer_token(&req)).map_err(|e| reject("bad_request", e))?;
-    let caller = crate::auth::caller(state, token.as_deref()).map_err(|e| reject("unauthorized", e))?;
+    let caller = crate::auth::caller(state.tokens.as_ref(), token.as_deref()).map_err(|e| reject("unauthorized", e))?;
     caller.require(user_id).map_err(|e| reject("forbidden", e))?;
     if state.metrics.ws_connections.get() >= config.max_connections as i64 {
         limited("connections");

@@ -17,17 +17,77 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
     pub const SLOW_CONSUMER: u16 = 4008;
+}
 
-    /// The `reason` label of `ws_disconnects_total` for a server-chosen close code.
-    pub fn reason(code: u16) -> &'static str {
+/// Why a session ended: the `reason` label of `ws_disconnects_total` and of the
+/// "session disconnected" log line. A close the server chose maps from its code
+/// ([`Disconnect::of_close`]), which also gives the close frame its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client sent a close frame.
+    ClientClose,
+    /// The connection broke, or the client vanished without a close.
+    ClientGone,
+    HeartbeatTimeout,
+    SlowConsumer,
+    /// Closed with 1001 by the drain.
+    Draining,
+    /// The drain deadline cut the session before its client answered the close.
+    DrainTimeout,
+    ProtocolError,
+    TooLarge,
+    /// A failure on the server's side (1011).
+    Error,
+}
+
+impl Disconnect {
+    pub const ALL: [Disconnect; 9] = [
+        Disconnect::ClientClose,
+        Disconnect::ClientGone,
+        Disconnect::HeartbeatTimeout,
+        Disconnect::SlowConsumer,
+        Disconnect::Draining,
+        Disconnect::DrainTimeout,
+        Disconnect::ProtocolError,
+        Disconnect::TooLarge,
+        Disconnect::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disconnect::ClientClose => "client_close",
+            Disconnect::ClientGone => "client_gone",
+            Disconnect::HeartbeatTimeout => "heartbeat_timeout",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::Draining => "draining",
+            Disconnect::DrainTimeout => "drain_timeout",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::TooLarge => "too_large",
+            Disconnect::Error => "error",
+        }
+    }
+
+    /// The reason of a close the server chose with `code` (1011 and unknown codes: `Error`).
+    pub fn of_close(code: u16) -> Self {
         match code {
-            GOING_AWAY => "draining",
-            POLICY => "protocol_error",
-            TOO_LARGE => "too_large",
-            HEARTBEAT_TIMEOUT => "heartbeat_timeout",
-            SLOW_CONSUMER => "slow_consumer",
-            INTERNAL => "error",
-            _ => "other",
+            close::GOING_AWAY => Disconnect::Draining,
+            close::POLICY => Disconnect::ProtocolError,
+            close::TOO_LARGE => Disconnect::TooLarge,
+            close::HEARTBEAT_TIMEOUT => Disconnect::HeartbeatTimeout,
+            close::SLOW_CONSUMER => Disconnect::SlowConsumer,
+            _ => Disconnect::Error,
+        }
+    }
+
+    /// The text of the close frame the server sends for this reason.
+    pub fn close_text(self) -> &'static [u8] {
+        match self {
+            Disconnect::Draining => b"going away",
+            Disconnect::HeartbeatTimeout => b"heartbeat timeout",
+            Disconnect::SlowConsumer => b"slow consumer",
+            Disconnect::TooLarge => b"frame too large",
+            Disconnect::ProtocolError => b"protocol violation",
+            _ => b"",
         }
     }
 }
@@ -43,8 +103,6 @@ pub enum ClientFrame {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtocolError {
-    #[error("binary frames are not part of the protocol")]
-    Binary,
     #[error("frame is not JSON or a known text command")]
     NotJson,
     #[error("unknown frame type {0:?}")]
@@ -105,6 +163,22 @@ pub fn group_joined(group: &Group, users: &[User]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_close_codes_name_their_disconnect_reason() {
+        for (code, reason) in [
+            (close::GOING_AWAY, "draining"),
+            (close::POLICY, "protocol_error"),
+            (close::TOO_LARGE, "too_large"),
+            (close::HEARTBEAT_TIMEOUT, "heartbeat_timeout"),
+            (close::SLOW_CONSUMER, "slow_consumer"),
+            (close::INTERNAL, "error"),
+        ] {
+            assert_eq!(Disconnect::of_close(code).as_str(), reason, "{code}");
+        }
+        assert_eq!(Disconnect::of_close(close::INTERNAL).close_text(), b"");
+        assert_eq!(Disconnect::of_close(close::GOING_AWAY).close_text(), b"going away");
+    }
 
     #[test]
     fn heartbeats_in_both_spellings() {

@@ -25,12 +25,12 @@ use tokio::time::Instant;
 
 use super::coalesce::Coalesce;
 use super::cursor::{Cursors, Offer};
-use super::protocol::{self, ClientFrame, MAX_ACK_IDS, close};
+use super::protocol::{self, ClientFrame, Disconnect, MAX_ACK_IDS, close};
 use super::reader::{FrameReader, Incoming};
-use super::reads::CatchUp;
-use crate::app::AppState;
 use crate::hub::{Delivery, Outbound, SessionHandle};
 use crate::model::{GroupId, Message, Seq, UserId, now_ms, now_us};
+use crate::reads::CatchUp;
+use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
 
@@ -79,8 +79,8 @@ pub async fn run(state: Arc<AppState>, ws: WebSocket<Io>, user_id: UserId, ack_m
     if state.lifecycle.is_draining() {
         metrics.drain_sessions_remaining.set(state.hub.session_count() as i64);
     }
-    metrics.ws_disconnects.with_label_values(&[reason]).inc();
-    tracing::info!(session = handle.id, user_id, reason, node = %state.node, "session disconnected");
+    metrics.ws_disconnects.with_label_values(&[reason.as_str()]).inc();
+    tracing::info!(session = handle.id, user_id, reason = reason.as_str(), node = %state.node, "session disconnected");
 }
 
 struct Session {
@@ -98,11 +98,11 @@ struct Session {
 impl Session {
     /// Returns the disconnect reason label. The rarely taken, larger steps (setup,
     /// catch-up, closing) are boxed so that the task an idle session parks in stays small.
-    async fn run(&mut self) -> &'static str {
+    async fn run(&mut self) -> Disconnect {
         match Box::pin(self.start()).await {
             Ok(true) => {}
             Ok(false) => return Box::pin(self.close_requested()).await,
-            Err(_) => return "error",
+            Err(_) => return Disconnect::Error,
         }
         // The client's heartbeat clock starts at `hello`, so a slow session setup (a storm,
         // a slow backend) is not mistaken for a silent client.
@@ -118,7 +118,7 @@ impl Session {
                 () = self.handle.woken() => Wake::Queue,
                 ready = self.reader.readable() => match ready {
                     Ok(()) => Wake::Readable,
-                    Err(_) => return "client_gone",
+                    Err(_) => return Disconnect::ClientGone,
                 },
                 () = &mut silence => Wake::Silent,
                 () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => Wake::Gap,
@@ -145,7 +145,7 @@ impl Session {
                 Ok(None) => {}
                 Ok(Some(reason)) => return reason,
                 // A failed write: the peer is gone, or stuck after we asked it to close.
-                Err(_) => return self.handle.close_code().map_or("client_gone", close::reason),
+                Err(_) => return self.handle.close_code().map_or(Disconnect::ClientGone, Disconnect::of_close),
             }
         }
     }
@@ -379,7 +379,7 @@ impl Session {
 
     /// Reads the frame that began to arrive, by `deadline` (the heartbeat timeout), and
     /// acts on it. `Some(reason)` ends the session.
-    async fn incoming(&mut self, deadline: Instant) -> Result<Option<&'static str>, WebSocketError> {
+    async fn incoming(&mut self, deadline: Instant) -> Result<Option<Disconnect>, WebSocketError> {
         let max = self.state.config.max_frame_bytes;
         // fastwebsockets refuses payloads >= its limit; ours is the largest payload allowed.
         let Ok(read) = tokio::time::timeout_at(deadline, self.reader.read_frame(max + 1)).await else {
@@ -393,13 +393,13 @@ impl Session {
                 self.ws.flush().await
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), echo).await;
-            return Ok(Some("client_close"));
+            return Ok(Some(Disconnect::ClientClose));
         }
         let frame = match read.frame {
             Ok(frame) => frame,
             Err(WebSocketError::FrameTooLarge) => return Ok(Some(self.too_large().await)),
             Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
-                return Ok(Some("client_gone"));
+                return Ok(Some(Disconnect::ClientGone));
             }
             Err(e) => {
                 tracing::debug!(error = %e, user_id = self.handle.user_id, "bad frame");
@@ -462,24 +462,24 @@ impl Session {
         }
     }
 
-    async fn too_large(&mut self) -> &'static str {
+    async fn too_large(&mut self) -> Disconnect {
         self.state.metrics.limit_rejections.with_label_values(&["ws_frame_size"]).inc();
         self.close_with(close::TOO_LARGE).await
     }
 
     /// Closes with `code` on the client's fault and returns the disconnect reason. Waits
     /// (briefly) for the client to hang up, so the close frame is not lost to a reset.
-    async fn close_with(&mut self, code: u16) -> &'static str {
+    async fn close_with(&mut self, code: u16) -> Disconnect {
         self.write_close(code).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.reader.discard()).await;
-        close::reason(code)
+        Disconnect::of_close(code)
     }
 
     /// The hub or the lifecycle asked this session to close. A drain (1001) says goodbye and
     /// then waits for the client's close reply, so the client leaves on its own terms; one
     /// that ignores the close stays until the drain deadline cuts it (the enforced TTL).
     /// When the cut wins, a frame read may be left unfinished: the session ends there.
-    async fn close_requested(&mut self) -> &'static str {
+    async fn close_requested(&mut self) -> Disconnect {
         let code = self.handle.close_code().unwrap_or(close::GOING_AWAY);
         if code == close::GOING_AWAY {
             let _ = self.send(protocol::GOODBYE_DRAINING).await;
@@ -499,21 +499,14 @@ impl Session {
             };
             tokio::select! {
                 () = answered => {}
-                () = cut.cancelled() => return "drain_timeout",
+                () = cut.cancelled() => return Disconnect::DrainTimeout,
             }
         }
-        close::reason(code)
+        Disconnect::of_close(code)
     }
 
     async fn write_close(&mut self, code: u16) {
-        let reason: &[u8] = match code {
-            close::GOING_AWAY => b"going away",
-            close::HEARTBEAT_TIMEOUT => b"heartbeat timeout",
-            close::SLOW_CONSUMER => b"slow consumer",
-            close::TOO_LARGE => b"frame too large",
-            close::POLICY => b"protocol violation",
-            _ => b"",
-        };
+        let reason = Disconnect::of_close(code).close_text();
         // Bounded, in case the peer stopped reading: a close must not hang the drain.
         let write = async {
             self.ws.write_frame(Frame::close(code, reason)).await?;

@@ -1,5 +1,5 @@
-//! A local fleet for drain tests: node processes behind the real HAProxy configured from
-//! `haproxy/haproxy.cfg`, with only its addresses rewritten to free ports.
+//! A local fleet for drain tests: node processes behind the real HAProxy, its config rendered
+//! by `haproxy/fleet.sh render` from `haproxy/haproxy.cfg` with free ports.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -35,24 +35,19 @@ impl Ports {
     }
 }
 
-/// Starts HAProxy with the repository's config in front of `nodes` (exactly three, as the
-/// config names them).
+/// Starts HAProxy with the repository's config, as `haproxy/fleet.sh render` writes it, in
+/// front of `nodes` (`node1`, `node2`, ... in order).
 pub async fn haproxy(nodes: &[Ports]) -> Haproxy {
-    let mut cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/haproxy/haproxy.cfg")).expect("cfg");
     let (port, stats) = (free_port(), free_port());
-    cfg = cfg.replace("bind :8080", &format!("bind 127.0.0.1:{port}"));
-    cfg = cfg.replace("bind :8404", &format!("bind 127.0.0.1:{stats}"));
-    for (i, n) in nodes.iter().enumerate() {
-        let i = i + 1;
-        cfg = cfg.replace(&format!("127.0.0.1:800{i} "), &format!("127.0.0.1:{} ", n.public));
-        cfg = cfg.replace(&format!("check port 900{i} "), &format!("check port {} ", n.admin));
-        cfg = cfg.replace(&format!("agent-port 910{i}"), &format!("agent-port {}", n.agent));
-    }
+    let mut render = Command::new("bash");
+    render.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/haproxy/fleet.sh")).arg("render");
+    render.args(["--bind", &format!("127.0.0.1:{port}"), "--stats-bind", &format!("127.0.0.1:{stats}")]);
+    render.args(nodes.iter().map(|n| format!("{}:{}:{}", n.public, n.admin, n.agent)));
+    let out = render.env_remove("HAPROXY_CFG").stderr(Stdio::inherit()).output().expect("run haproxy/fleet.sh render");
+    assert!(out.status.success(), "haproxy/fleet.sh render failed: {}", out.status);
+    let cfg = String::from_utf8(out.stdout).expect("utf-8 config");
     let servers: Vec<&str> = cfg.lines().filter(|l| l.trim_start().starts_with("server ")).collect();
-    assert!(
-        servers.len() == 3 && servers.iter().all(|l| !l.contains(":800") && !l.contains("port 90")),
-        "config rewrite missed a port: {servers:?}"
-    );
+    assert_eq!(servers.len(), nodes.len(), "one server line per node: {servers:?}");
     let dir = TempDir::new();
     let path = format!("{}/haproxy.cfg", dir.path);
     std::fs::write(&path, cfg).expect("write cfg");

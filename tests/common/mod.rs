@@ -154,7 +154,7 @@ pub async fn start(args: &[&str]) -> Node {
     let (admin_addr, agent_addr) = (admin.local_addr().expect("addr"), agent.local_addr().expect("addr"));
     let state = app.state().clone();
     let lifecycle = app.lifecycle();
-    let task = tokio::spawn(app.run(public, Some(admin), Some(agent)));
+    let task = tokio::spawn(app.run(public, admin, Some(agent)));
     Node { addr, admin: admin_addr, agent: agent_addr, state, lifecycle, task, _dir: None }
 }
 

@@ -132,6 +132,115 @@ pub async fn mariadb() -> Service {
     s
 }
 
+/// A Redis Cluster of 3 masters and 3 replicas on loopback (`scripts/redis-cluster.sh`),
+/// killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    dir: TempDir,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = TempDir::new();
+        let base = cluster_base_port();
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh"))
+            .arg("start")
+            .arg(&dir.path)
+            .arg(base.to_string())
+            .status()
+            .expect("scripts/redis-cluster.sh");
+        let cluster = RedisCluster { ports: (base..base + 6).collect(), dir };
+        assert!(status.success(), "the Redis Cluster did not start");
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    /// `REDIS_CLUSTER_URLS`: every node.
+    pub fn urls_arg(&self) -> String {
+        self.urls().join(",")
+    }
+
+    fn live(&self) -> u16 {
+        *self.ports.iter().find(|p| cli(**p, &["PING"]).contains("PONG")).expect("a live node")
+    }
+
+    /// Ports of the current masters (as a live node sees them), excluding failed ones.
+    pub fn masters(&self) -> Vec<u16> {
+        cli(self.live(), &["CLUSTER", "NODES"])
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.split('@').next()?.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+
+    /// The port of the master serving `slot`.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let nodes = cli(self.live(), &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let owns = fields.iter().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+                });
+                owns.then(|| fields[1].split('@').next()?.rsplit(':').next()?.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no master owns slot {slot}: {nodes}"))
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let pid = std::fs::read_to_string(format!("{}/{port}/redis.pid", self.dir.path)).expect("pid file");
+        let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).status();
+    }
+
+    /// Waits until a replica has taken over the killed master's slots.
+    pub async fn wait_failover(&self, killed: u16) {
+        for _ in 0..300 {
+            let masters = self.masters();
+            if masters.len() >= 3 && !masters.contains(&killed) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no failover after killing {killed}: {}", cli(self.live(), &["CLUSTER", "NODES"]));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir.path)
+            .status();
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+/// A base port whose next six ports and their cluster bus ports (+10000) are free.
+fn cluster_base_port() -> u16 {
+    use rand::RngExt;
+    loop {
+        let base = rand::rng().random_range(20000..50000u16);
+        let free = (base..base + 6).all(|p| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+}
+
 /// One `nats-server` of a [`NatsCluster`].
 pub struct NatsMember {
     /// Client port.

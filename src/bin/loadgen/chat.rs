@@ -11,20 +11,17 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::checker::Checker;
-use switchboard::client::Api;
+use switchboard::client::{Api, RawEvent, ServerFrame, ws_path};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{Count, CpuWatch, Failures, Group, UserId, node_rss, now_us, scrape};
+use super::common::{Count, CpuWatch, Failures, Group, Target, UserId, now_us, scrape};
+use super::dial;
 use super::hist::{Histogram, ms};
-use super::ws::{self, Event};
+use super::progress::{Progress, Snapshot};
 
 pub struct ChatOpts {
-    pub targets: Vec<SocketAddr>,
-    pub apis: Vec<SocketAddr>,
-    pub admin: Vec<SocketAddr>,
-    pub node_pid: Option<u32>,
-    pub watch: Vec<u32>,
+    pub target: Target,
     pub rate: f64,
     pub duration: Duration,
     pub warmup: Duration,
@@ -32,6 +29,8 @@ pub struct ChatOpts {
     pub max_backlog: usize,
     pub linger: Duration,
     pub content_bytes: usize,
+    /// Between progress lines on stderr (zero: none).
+    pub progress: Duration,
 }
 
 #[derive(Default)]
@@ -69,7 +68,7 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
     let mut index = 0usize;
     for g in &groups {
         for &user in &g.members[1..] {
-            let addr = o.targets[index % o.targets.len()];
+            let addr = o.target.ws_addr(index);
             index += 1;
             receivers.push(tokio::spawn(receiver(o.clone(), stats.clone(), checker.clone(), user, addr, stop.clone())));
         }
@@ -100,7 +99,7 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
     for (gi, g) in groups.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<(u64, i64)>();
         queues.push(tx);
-        let api = Api::new(o.apis[gi % o.apis.len()]);
+        let api = o.target.api(gi);
         senders.push(tokio::spawn(sender(
             o.clone(),
             stats.clone(),
@@ -114,12 +113,21 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
             measure_from,
         )));
     }
-    let rss0 = node_rss(o.node_pid, o.admin.first().copied()).await;
-    let mut watched = o.watch.clone();
-    watched.extend(o.node_pid);
+    let rss0 = o.target.node_rss().await;
+    let mut watched = o.target.watched();
     watched.push(std::process::id());
     let cpu = CpuWatch::start(&watched);
-    let delivered0 = server_delivered(&o.admin).await;
+    let delivered0 = server_delivered(&o.target.admin).await;
+
+    let progress = Progress::start("chat".into(), o.progress, {
+        let s = stats.clone();
+        move || Snapshot {
+            sent: s.accepted.get(),
+            received: s.deliveries.get(),
+            errors: s.errors.total(),
+            extra: format!("skipped={} receiver_reconnects={}", s.skipped.get(), s.reconnects.total()),
+        }
+    });
 
     // The open-loop schedule: message k is due at start + k / rate.
     let total = (o.rate * o.duration.as_secs_f64()).round() as u64;
@@ -169,8 +177,9 @@ pub async fn run(opts: ChatOpts, groups: Vec<Group>) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     report = checker.report();
-    let rss1 = node_rss(o.node_pid, o.admin.first().copied()).await;
-    let delivered1 = server_delivered(&o.admin).await;
+    drop(progress);
+    let rss1 = o.target.node_rss().await;
+    let delivered1 = server_delivered(&o.target.admin).await;
     stop.cancel();
     for r in receivers {
         let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
@@ -319,15 +328,15 @@ async fn receiver(
     addr: SocketAddr,
     stop: CancellationToken,
 ) {
-    let path = if o.ack { format!("/ws/{user}?ack=1") } else { format!("/ws/{user}") };
+    let path = ws_path(user, o.ack);
     let mut attempt = 0u32;
     let mut first = true;
     while !stop.is_cancelled() {
         let opened = tokio::select! {
-            r = ws::open(addr, None, &path, Duration::from_secs(30)) => r,
+            r = dial::open(addr, None, &path, Duration::from_secs(30)) => r,
             () = stop.cancelled() => return,
         };
-        let opened = match opened {
+        let (mut reader, writer) = match opened {
             Ok(x) => x,
             Err(e) => {
                 s.reconnects.add(e.kind, 1);
@@ -342,7 +351,6 @@ async fn receiver(
             }
         };
         attempt = 0;
-        let writer = opened.writer.clone();
         let acks = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
         let acks_w = acks.clone();
         let ack = o.ack;
@@ -352,18 +360,14 @@ async fn receiver(
             let mut flush = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
-                    _ = hb.tick() => { if !ws::send_text(&writer, "heartbeat").await { return; } }
+                    _ = hb.tick() => { if !dial::sent(writer.send_text("heartbeat")).await { return; } }
                     _ = flush.tick(), if ack => {
                         let ids = std::mem::take(&mut *acks_w.lock().unwrap_or_else(|p| p.into_inner()));
-                        if !ids.is_empty() {
-                            let frame = serde_json::json!({ "type": "ack", "message_ids": ids }).to_string();
-                            if !ws::send_text(&writer, &frame).await { return; }
-                        }
+                        if !ids.is_empty() && !dial::sent(writer.ack(&ids)).await { return; }
                     }
                 }
             }
         });
-        let mut reader = opened.reader;
         let mut conn = checker.connection(user);
         let closed = loop {
             let ev = tokio::select! {
@@ -372,8 +376,8 @@ async fn receiver(
                 () = stop.cancelled() => break None,
             };
             match ev {
-                Event::Text(t) => {
-                    let Some(f) = ws::parse(&t) else { continue };
+                RawEvent::Text(t) => {
+                    let Some(f) = ServerFrame::parse(&t) else { continue };
                     match f.kind {
                         "hello" if first => {
                             first = false;
@@ -411,14 +415,14 @@ async fn receiver(
                         _ => {}
                     }
                 }
-                Event::Closed(code) => break Some(code),
+                RawEvent::Closed(code) => break Some(code),
             }
         };
         side.abort();
         match closed {
             None => return,
             Some(code) => {
-                s.reconnects.add(&code.map_or("dropped".to_owned(), |c| c.to_string()), 1);
+                s.reconnects.add(&dial::close_label(code), 1);
                 tokio::time::sleep(switchboard::client::backoff(0, Duration::from_millis(100), Duration::from_secs(3)))
                     .await;
             }

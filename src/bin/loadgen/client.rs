@@ -3,16 +3,17 @@
 //! reconnect or stop. Every client is two tasks: this one, and a reader that forwards frames
 //! over a channel (so this one can wait on several things without cancelling a frame read).
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard::backoff::random_up_to as jitter;
 use switchboard::checker::Checker;
-use tokio::sync::{Semaphore, mpsc, watch};
+use switchboard::client::{RawEvent, ServerFrame, WsConn, ws_path};
+use tokio::sync::{Semaphore, watch};
 
-use super::common::{Count, Failures, UserId, now_us};
+use super::common::{Count, Failures, Target, UserId, now_us};
+use super::dial::{self, ConnectError};
 use super::hist::Histogram;
-use super::ws::{self, Event};
 
 /// What every client of a process is told to do.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,8 +29,7 @@ pub enum Phase {
 }
 
 pub struct Shared {
-    pub targets: Vec<SocketAddr>,
-    pub sources: Vec<IpAddr>,
+    pub target: Target,
     pub ack: bool,
     pub heartbeat: bool,
     /// Set when the run ends: no more heartbeats, so every one sent can be acked before
@@ -63,10 +63,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(targets: Vec<SocketAddr>, sources: Vec<IpAddr>, ramp: usize) -> Self {
+    pub fn new(target: Target, ramp: usize) -> Self {
         Shared {
-            targets,
-            sources,
+            target,
             ack: false,
             heartbeat: true,
             quiet: std::sync::atomic::AtomicBool::new(false),
@@ -94,49 +93,28 @@ impl Shared {
     }
 }
 
-/// A live connection: the writer, and frames from its reader task.
-struct Live {
-    writer: ws::Writer,
-    events: mpsc::UnboundedReceiver<Event>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
+/// A live connection: frames arrive unparsed from its reader task (dropping it drops the
+/// socket at once).
+type Live = WsConn<RawEvent>;
 
 /// Connects and waits for hello; records handshake (101) and connect (hello) latency.
-async fn connect(sh: &Shared, user: UserId, index: usize, storm: bool) -> Result<Live, ws::ConnectError> {
-    let addr = sh.targets[index % sh.targets.len()];
-    let source = (!sh.sources.is_empty()).then(|| sh.sources[index % sh.sources.len()]);
-    let path = if sh.ack { format!("/ws/{user}?ack=1") } else { format!("/ws/{user}") };
+async fn connect(sh: &Shared, user: UserId, index: usize, storm: bool) -> Result<Live, ConnectError> {
+    let path = ws_path(user, sh.ack);
     let t0 = Instant::now();
-    let opened = ws::open(addr, source, &path, sh.connect_timeout).await?;
+    let (reader, writer) =
+        dial::open(sh.target.ws_addr(index), sh.target.source(index), &path, sh.connect_timeout).await?;
     let t1 = t0.elapsed();
-    let (tx, events) = mpsc::unbounded_channel();
-    let mut reader = opened.reader;
-    let task = tokio::spawn(async move {
-        loop {
-            let ev = reader.next().await;
-            let end = matches!(ev, Event::Closed(_));
-            if tx.send(ev).is_err() || end {
-                return;
-            }
-        }
-    });
-    let mut live = Live { writer: opened.writer, events, reader: task };
+    let mut live = Live::new(reader, writer);
     let left = sh.connect_timeout.saturating_sub(t0.elapsed());
     let hello = tokio::time::timeout(left, async {
         loop {
             match live.events.recv().await {
-                Some(Event::Text(t)) => {
-                    if ws::parse(&t).is_some_and(|f| f.kind == "hello") {
+                Some(RawEvent::Text(t)) => {
+                    if ServerFrame::parse(&t).is_some_and(|f| f.kind == "hello") {
                         return Ok(());
                     }
                 }
-                Some(Event::Closed(code)) => return Err(code),
+                Some(RawEvent::Closed(code)) => return Err(code),
                 None => return Err(None),
             }
         }
@@ -145,22 +123,14 @@ async fn connect(sh: &Shared, user: UserId, index: usize, storm: bool) -> Result
     match hello {
         Ok(Ok(())) => {}
         Ok(Err(code)) => {
-            return Err(ws::ConnectError { kind: "closed_before_hello", detail: format!("{code:?}") });
+            return Err(ConnectError::new("closed_before_hello", format!("{code:?}")));
         }
-        Err(_) => return Err(ws::ConnectError { kind: "no_hello", detail: "timeout".into() }),
+        Err(_) => return Err(ConnectError::new("no_hello", "timeout")),
     }
     let t2 = t0.elapsed();
     sh.handshake.record(t1.as_micros() as u64);
     if storm { &sh.reconnect } else { &sh.connect }.record(t2.as_micros() as u64);
     Ok(live)
-}
-
-fn jitter(max: Duration) -> Duration {
-    use rand::RngExt;
-    if max.is_zero() {
-        return max;
-    }
-    Duration::from_micros(rand::rng().random_range(0..=max.as_micros() as u64))
 }
 
 /// One client until `Stop`.
@@ -232,12 +202,12 @@ pub async fn run(sh: Arc<Shared>, user: UserId, index: usize, mut phase: watch::
         sh.online.sub(1);
         match outcome {
             Outcome::Stop => {
-                ws::close(&live.writer).await;
+                dial::close(live.writer()).await;
                 return;
             }
             Outcome::Drop => drop(live),
             Outcome::Closed(code) => {
-                sh.closes.add(&code.map_or("dropped".to_owned(), |c| c.to_string()), 1);
+                sh.closes.add(&dial::close_label(code), 1);
                 drop(live);
                 let wait = switchboard::client::backoff(0, Duration::from_millis(100), Duration::from_secs(5));
                 tokio::select! {
@@ -273,8 +243,8 @@ async fn session(sh: &Shared, user: UserId, live: &mut Live, phase: &mut watch::
                 }
             }
             ev = live.events.recv() => match ev {
-                Some(Event::Text(t)) => {
-                    let Some(f) = ws::parse(&t) else { continue };
+                Some(RawEvent::Text(t)) => {
+                    let Some(f) = ServerFrame::parse(&t) else { continue };
                     match f.kind {
                         "heartbeat_ack" => sh.heartbeat_acks.add(1),
                         "message" => {
@@ -287,19 +257,18 @@ async fn session(sh: &Shared, user: UserId, live: &mut Live, phase: &mut watch::
                         _ => {}
                     }
                 }
-                Some(Event::Closed(code)) => return Outcome::Closed(code),
+                Some(RawEvent::Closed(code)) => return Outcome::Closed(code),
                 None => return Outcome::Closed(None),
             },
             _ = heartbeat.tick(), if sh.heartbeat => {
-                if !sh.quiet.load(std::sync::atomic::Ordering::Relaxed) && ws::send_text(&live.writer, "heartbeat").await {
+                if !sh.quiet.load(std::sync::atomic::Ordering::Relaxed) && dial::sent(live.writer().send_text("heartbeat")).await {
                     sh.heartbeats.add(1);
                 }
             }
             _ = flush.tick(), if sh.ack => {
                 if !acks.is_empty() {
-                    let frame = serde_json::json!({ "type": "ack", "message_ids": acks }).to_string();
+                    dial::sent(live.writer().ack(&acks)).await;
                     acks.clear();
-                    ws::send_text(&live.writer, &frame).await;
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! What every subcommand shares: target lists, the user/group setup (cached in a file so
+//! What every subcommand shares: where to connect ([`Target`]), the user/group setup (cached in a file so
 //! repeated runs skip registration), process and node statistics, and the line protocol
 //! between a parent and its child processes.
 
@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use switchboard::client::Api;
 use tokio::task::JoinSet;
@@ -15,9 +15,7 @@ use tokio::task::JoinSet;
 pub type UserId = i64;
 pub type GroupId = i64;
 
-pub fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
-}
+pub use switchboard::model::now_us;
 
 pub fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs: Result<Vec<SocketAddr>, _> = s.split(',').filter(|p| !p.is_empty()).map(str::parse).collect();
@@ -42,6 +40,51 @@ pub fn parse_ips(s: &str) -> Result<Vec<IpAddr>, String> {
         }
     }
     Ok(ips)
+}
+
+/// Where a run connects and what it measures there, from the flags every node-facing
+/// subcommand shares (`--target`, `--api`, `--admin`, `--sources`, `--node-pid`, `--watch`).
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Nodes for WebSockets; clients are spread round-robin.
+    pub ws: Vec<SocketAddr>,
+    /// Nodes for REST calls.
+    pub apis: Vec<SocketAddr>,
+    /// Admin listeners, for /metrics.
+    pub admin: Vec<SocketAddr>,
+    /// Local addresses client sockets are bound to, round-robin; empty: the kernel's choice.
+    pub sources: Vec<IpAddr>,
+    /// The node's pid, for RSS and CPU from /proc.
+    pub node_pid: Option<u32>,
+    /// More pids whose CPU use is reported.
+    pub watch: Vec<u32>,
+}
+
+impl Target {
+    /// The WebSocket node of client `index`.
+    pub fn ws_addr(&self, index: usize) -> SocketAddr {
+        self.ws[index % self.ws.len()]
+    }
+
+    /// The source address of client `index`.
+    pub fn source(&self, index: usize) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()])
+    }
+
+    /// A REST client of the API node of sender `index`.
+    pub fn api(&self, index: usize) -> Api {
+        Api::new(self.apis[index % self.apis.len()])
+    }
+
+    /// The node's memory (of `--node-pid`, else of the first admin listener).
+    pub async fn node_rss(&self) -> Option<u64> {
+        node_rss(self.node_pid, self.admin.first().copied()).await
+    }
+
+    /// The pids whose CPU a run reports: `--watch`, then the node.
+    pub fn watched(&self) -> Vec<u32> {
+        self.watch.iter().copied().chain(self.node_pid).collect()
+    }
 }
 
 /// A group of the workload: its id and members; member 0 is the sender.

@@ -9,34 +9,30 @@
 //! (each after `--base-ms` + random(0, `--jitter-ms`), the reconnect delay of docs/protocol.md) and
 //! measure the time until all are back and the checker finds nothing lost.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use switchboard::checker::Checker;
-use switchboard::client::Api;
 use tokio::sync::watch;
 
 use super::client::{self, Phase, Shared};
-use super::common::{CpuWatch, Failures, Group, UserId, field, node_connections, node_rss, now_us, parallel};
+use super::common::{CpuWatch, Failures, Group, Target, UserId, field, node_connections, now_us, parallel};
 use super::hist::{Histogram, ms};
 use super::procs::{Children, Commands, emit};
+use super::progress::{Progress, Snapshot};
 
 pub struct ConnOpts {
-    pub targets: Vec<SocketAddr>,
-    pub apis: Vec<SocketAddr>,
-    pub admin: Vec<SocketAddr>,
-    pub sources: Vec<std::net::IpAddr>,
-    pub node_pid: Option<u32>,
-    pub watch: Vec<u32>,
+    pub target: Target,
     pub count: usize,
     pub ramp: usize,
     pub heartbeat: bool,
     pub hold: Duration,
     pub procs: usize,
     pub connect_timeout: Duration,
+    /// Between progress lines on stderr (zero: none).
+    pub progress: Duration,
     // storm only
     pub missed: usize,
     pub base: Duration,
@@ -65,7 +61,7 @@ pub fn shard_users(groups: &[Group], count: usize, shard: (usize, usize)) -> (Ve
 
 pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, usize)) -> Result<(), String> {
     let (users, my_groups) = shard_users(&groups, o.count, shard);
-    let mut sh = Shared::new(o.targets.clone(), o.sources.clone(), o.ramp);
+    let mut sh = Shared::new(o.target.clone(), o.ramp);
     sh.heartbeat = o.heartbeat || storm;
     sh.connect_timeout = o.connect_timeout;
     sh.storm_base = o.base;
@@ -84,6 +80,16 @@ pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, 
         let index = i * shard.1 + shard.0;
         tasks.push(tokio::spawn(client::run(sh.clone(), u, index, phase_rx.clone())));
     }
+    let label = format!("{}[{}/{}]", if storm { "storm" } else { "connections" }, shard.0, shard.1);
+    let progress = Progress::start(label, o.progress, {
+        let sh = sh.clone();
+        move || Snapshot {
+            sent: sh.heartbeats.get(),
+            received: sh.heartbeat_acks.get() + sh.messages.get(),
+            errors: sh.failures.total() + sh.closes.total(),
+            extra: format!("online={} gave_up={}", sh.online.get(), sh.gave_up.get()),
+        }
+    });
     while (sh.first_connects.get() + sh.gave_up.get()) < users.len() as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -166,6 +172,7 @@ pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, 
             other => emit("error", &format!("unknown command {other:?}")),
         }
     }
+    drop(progress);
     // Let late duplicates and the acks of the last heartbeats arrive before the verdict.
     sh.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -198,13 +205,12 @@ pub async fn child(o: ConnOpts, storm: bool, groups: Vec<Group>, shard: (usize, 
 /// `--missed` messages to each group of this shard, from its member 0, concurrently across
 /// groups and one at a time within a group.
 async fn send_missed(o: &ConnOpts, groups: &[Group], checker: &Checker, failures: &Failures) -> u64 {
-    let apis: Vec<Api> = o.apis.iter().map(|a| Api::new(*a)).collect();
     let groups = Arc::new(groups.to_vec());
     let run = format!("{:x}", now_us());
     let missed = o.missed;
     let results = parallel(groups.len(), 64, |gi| {
         let g = groups[gi].clone();
-        let api = apis[gi % apis.len()].clone();
+        let api = o.target.api(gi);
         let checker = checker.clone();
         let failures = failures.clone();
         let run = run.clone();
@@ -270,11 +276,10 @@ fn mib(b: u64) -> f64 {
 
 pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), String> {
     let name = if storm { "storm" } else { "connections" };
-    let rss0 = node_rss(o.node_pid, o.admin.first().copied()).await;
-    let conns0 = node_connections(&o.admin).await;
+    let rss0 = o.target.node_rss().await;
+    let conns0 = node_connections(&o.target.admin).await;
     let mut kids = Children::spawn(o.procs, &["--users-file".into(), users_file.display().to_string()])?;
-    let mut watched = o.watch.clone();
-    watched.extend(o.node_pid);
+    let mut watched = o.target.watched();
     watched.extend(kids.pids());
     let cpu = CpuWatch::start(&watched);
     let connected = kids.expect("connected").await?;
@@ -297,11 +302,11 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
     print!("{}", handshake.table("upgrade latency (TCP connect -> 101)"));
     print!("{}", connect.table("session latency (TCP connect -> hello: user check, subscriptions, inbox)"));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss1 = node_rss(o.node_pid, o.admin.first().copied()).await;
-    let conns1 = node_connections(&o.admin).await;
+    let rss1 = o.target.node_rss().await;
+    let conns1 = node_connections(&o.target.admin).await;
     // RSS is of one node (--node-pid, else the first --admin): divide by that node's sessions.
-    let on_node = match o.admin.first() {
-        Some(a) if o.admin.len() > 1 => node_connections(&[*a]).await.map_or(ok, |c| c as u64),
+    let on_node = match o.target.admin.first() {
+        Some(a) if o.target.admin.len() > 1 => node_connections(&[*a]).await.map_or(ok, |c| c as u64),
         _ => ok,
     };
     let per_conn = match (rss0, rss1) {
@@ -323,8 +328,8 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
     if !storm {
         let cpu_hold = CpuWatch::start(&watched);
         tokio::time::sleep(o.hold).await;
-        let rss2 = node_rss(o.node_pid, o.admin.first().copied()).await;
-        let conns2 = node_connections(&o.admin).await;
+        let rss2 = o.target.node_rss().await;
+        let conns2 = node_connections(&o.target.admin).await;
         let cpu_hold_line = cpu_hold.report(None);
         kids.tell("stop").await;
         let done = kids.expect("done").await?;
@@ -368,7 +373,7 @@ pub async fn parent(o: ConnOpts, storm: bool, users_file: &Path) -> Result<(), S
     if let Some(base) = conns0 {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
-            match node_connections(&o.admin).await {
+            match node_connections(&o.target.admin).await {
                 Some(c) if c <= base => break,
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }

@@ -34,6 +34,7 @@ use super::bloom;
 use super::common::{cpu_of, fields};
 use super::hist::{Histogram, ms};
 use super::procs::emit;
+use super::progress::{Progress, Snapshot};
 
 pub struct FleetOpts {
     pub modes: Vec<Routing>,
@@ -46,6 +47,8 @@ pub struct FleetOpts {
     pub payload: usize,
     pub redis_port: u16,
     pub presence_cache_ms: u64,
+    /// Between progress lines on stderr (zero: none).
+    pub progress: Duration,
     /// Child: run this one `mode:nodes`.
     pub one: Option<String>,
 }
@@ -465,6 +468,15 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
     let started = Instant::now();
     let expected = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(format!("fleet {} {n} nodes", mode.name()), opts.progress, {
+        let (sent, deliveries) = (sent.clone(), deliveries.clone());
+        move || Snapshot {
+            sent: sent.load(Ordering::Relaxed),
+            received: deliveries.count.load(Ordering::Relaxed).saturating_sub(delivered0),
+            errors: 0,
+            extra: String::new(),
+        }
+    });
 
     let churn = tokio::spawn(churn_loop(
         opts.churn,
@@ -512,6 +524,7 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
         }
     }
     let _ = churn.await;
+    drop(progress);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let secs = started.elapsed().as_secs_f64();
     let end = snapshot(&nodes);

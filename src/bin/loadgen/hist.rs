@@ -1,6 +1,7 @@
 //! A small lock-free log-linear histogram (no extra dependency): values in microseconds,
 //! 64 sub-buckets per power of two, so every bucket is within 1.6% of the values it holds.
-//! Histograms merge and travel between processes as a sparse `idx:count,...` string.
+//! The largest value is kept exactly beside the buckets. Histograms merge and travel between
+//! processes as a sparse `idx:count,...` string, with `max:<us>` first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +12,8 @@ const BUCKETS: usize = (SUB as usize) * 36;
 
 pub struct Histogram {
     buckets: Vec<AtomicU64>,
+    /// The largest value recorded, exactly (a bucket only bounds it).
+    max: AtomicU64,
 }
 
 impl Default for Histogram {
@@ -43,11 +46,12 @@ fn value(i: usize) -> u64 {
 
 impl Histogram {
     pub fn new() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+        Self { buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(), max: AtomicU64::new(0) }
     }
 
     pub fn record(&self, us: u64) {
         self.buckets[index(us)].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(us, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
@@ -61,9 +65,11 @@ impl Histogram {
                 a.fetch_add(n, Ordering::Relaxed);
             }
         }
+        self.max.fetch_max(other.max(), Ordering::Relaxed);
     }
 
-    /// The value at quantile `q` (0..=1), in microseconds; 0 when empty.
+    /// The value at quantile `q` (0..=1), in microseconds (never above the exact maximum); 0
+    /// when empty.
     pub fn quantile(&self, q: f64) -> u64 {
         let total = self.count();
         if total == 0 {
@@ -74,14 +80,15 @@ impl Histogram {
         for (i, b) in self.buckets.iter().enumerate() {
             seen += b.load(Ordering::Relaxed);
             if seen >= rank {
-                return value(i);
+                return value(i).min(self.max());
             }
         }
         0
     }
 
+    /// The largest value recorded, exactly; 0 when empty.
     pub fn max(&self) -> u64 {
-        self.buckets.iter().rposition(|b| b.load(Ordering::Relaxed) > 0).map_or(0, value)
+        self.max.load(Ordering::Relaxed)
     }
 
     pub fn mean(&self) -> f64 {
@@ -95,23 +102,22 @@ impl Histogram {
     }
 
     pub fn encode(&self) -> String {
-        let parts: Vec<String> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| {
-                let n = b.load(Ordering::Relaxed);
-                (n > 0).then(|| format!("{i}:{n}"))
-            })
-            .collect();
-        if parts.is_empty() { "-".into() } else { parts.join(",") }
+        let buckets = self.buckets.iter().enumerate().filter_map(|(i, b)| {
+            let n = b.load(Ordering::Relaxed);
+            (n > 0).then(|| format!("{i}:{n}"))
+        });
+        let parts: Vec<String> = std::iter::once(format!("max:{}", self.max())).chain(buckets).collect();
+        if parts.len() == 1 { "-".into() } else { parts.join(",") }
     }
 
     pub fn decode(s: &str) -> Histogram {
         let h = Histogram::new();
         for part in s.split(',') {
-            if let Some((i, n)) = part.split_once(':')
-                && let (Ok(i), Ok(n)) = (i.parse::<usize>(), n.parse::<u64>())
+            let Some((i, n)) = part.split_once(':') else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            if i == "max" {
+                h.max.fetch_max(n, Ordering::Relaxed);
+            } else if let Ok(i) = i.parse::<usize>()
                 && i < BUCKETS
             {
                 h.buckets[i].fetch_add(n, Ordering::Relaxed);
@@ -168,5 +174,27 @@ mod tests {
         assert!((p50 - 5000.0).abs() < 100.0, "{p50}");
         a.merge(&b);
         assert_eq!(a.count(), 2000);
+    }
+
+    #[test]
+    fn max_is_the_largest_value_not_its_bucket() {
+        // 12,301 us lies in the bucket 12,288..12,416, whose middle is 12,352.
+        let h = Histogram::new();
+        for v in [5, 70, 9_990, 12_301] {
+            h.record(v);
+        }
+        assert_ne!(value(index(12_301)), 12_301, "the test value must not be a bucket's own value");
+        assert_eq!(h.max(), 12_301);
+        assert!(h.quantile(1.0) <= 12_301);
+        // The exact max survives the trip between processes and merging.
+        let back = Histogram::decode(&h.encode());
+        assert_eq!(back.max(), 12_301);
+        let merged = Histogram::new();
+        merged.record(12);
+        merged.merge(&back);
+        assert_eq!(merged.max(), 12_301);
+        assert!(merged.summary("").ends_with("max_ms=12.30"), "{}", merged.summary(""));
+        assert_eq!(Histogram::new().max(), 0);
+        assert_eq!(Histogram::new().encode(), "-");
     }
 }

@@ -189,7 +189,7 @@ mod tests {
                 client_msg_id: None,
                 sent_at_ms: crate::model::now_ms(),
             };
-            store.insert_message(m).await.expect("insert");
+            store.insert_messages(vec![m]).await.pop().expect("one result").expect("insert");
         }
         (store, group.group_id, dir)
     }

@@ -14,7 +14,8 @@
 //! (docs/routing.md).
 //!
 //! Each run ends with one `loadgen <command> key=value ...` line for scripts, after a
-//! human-readable table. Users and groups are registered once and cached in
+//! human-readable table; while it runs, a progress line goes to stderr every `--progress`
+//! seconds. Users and groups are registered once and cached in
 //! `--users-file` (default `target/loadgen/<command>-<port>-<groups>x<size>.users`), so
 //! repeated runs against the same database skip the setup.
 //!
@@ -24,32 +25,22 @@
 //! destination the ephemeral ports run out: `--sources 127.0.0.1,127.0.0.2,...` binds client
 //! sockets to several loopback addresses, round-robin.
 
-#[path = "loadgen/bloom.rs"]
 mod bloom;
-#[path = "loadgen/chat.rs"]
 mod chat;
-#[path = "loadgen/client.rs"]
 mod client;
-#[path = "loadgen/common.rs"]
 mod common;
-#[path = "loadgen/connections.rs"]
 mod connections;
-#[path = "loadgen/fleet.rs"]
+mod dial;
 mod fleet;
-#[path = "loadgen/hist.rs"]
 mod hist;
-#[path = "loadgen/procs.rs"]
 mod procs;
-#[path = "loadgen/ws.rs"]
-mod ws;
+mod progress;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use switchboard::client::Api;
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for Switchboard (loopback only)")]
@@ -81,6 +72,9 @@ struct Common {
     /// Cache of registered users and groups (reused when it fits the target).
     #[arg(long)]
     users_file: Option<PathBuf>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5)]
+    progress: u64,
     /// Internal: this process is child I of N.
     #[arg(long, hide = true)]
     shard: Option<String>,
@@ -92,6 +86,7 @@ enum Cmd {
     Connections {
         #[command(flatten)]
         common: Common,
+        /// WebSockets to open, all processes together.
         #[arg(long, default_value_t = 1000)]
         count: usize,
         /// Seconds to hold the connections once all are open.
@@ -109,6 +104,7 @@ enum Cmd {
         /// Users come in groups of this size (so each handshake subscribes a group); 1 = none.
         #[arg(long, default_value_t = 2)]
         group_size: usize,
+        /// Seconds a connection attempt (TCP, upgrade, hello) may take before it counts as failed.
         #[arg(long, default_value_t = 30)]
         connect_timeout: u64,
     },
@@ -119,6 +115,7 @@ enum Cmd {
         /// Number of groups (pairs when --group-size is 2); member 0 of each sends.
         #[arg(long, default_value_t = 100)]
         pairs: usize,
+        /// Members per group: one sender and group-size - 1 connected receivers.
         #[arg(long, default_value_t = 2)]
         group_size: usize,
         /// Messages per second, all groups together.
@@ -147,6 +144,7 @@ enum Cmd {
     Storm {
         #[command(flatten)]
         common: Common,
+        /// Clients that connect, drop and come back, all processes together.
         #[arg(long, default_value_t = 1000)]
         count: usize,
         /// Users per group; one message to a group reaches size-1 absent clients.
@@ -155,18 +153,23 @@ enum Cmd {
         /// Messages sent to each group while its members are away.
         #[arg(long, default_value_t = 1)]
         missed: usize,
+        /// Handshakes in flight per process during the initial ramp.
         #[arg(long, default_value_t = 256)]
         ramp: usize,
+        /// Child processes to spread the clients over.
         #[arg(long, default_value_t = 1)]
         procs: usize,
-        /// Reconnect delay: base + random(0, jitter), in ms (docs/protocol.md uses random(0, 1000)).
+        /// Fixed part of the reconnect delay in ms: each client waits base + random(0, jitter)
+        /// (docs/protocol.md uses random(0, 1000)).
         #[arg(long, default_value_t = 0)]
         base_ms: u64,
+        /// Upper bound of the random part of the reconnect delay, in ms.
         #[arg(long, default_value_t = 1000)]
         jitter_ms: u64,
         /// Seconds to wait for recovery before reporting it as not reached.
         #[arg(long, default_value_t = 60)]
         recover_timeout: u64,
+        /// Seconds a connection attempt (TCP, upgrade, hello) may take before it counts as failed.
         #[arg(long, default_value_t = 30)]
         connect_timeout: u64,
     },
@@ -178,6 +181,7 @@ enum Cmd {
         /// Fleet sizes, comma-separated; each is run in every mode.
         #[arg(long, default_value = "10,50,200", value_parser = fleet::parse_counts)]
         nodes: std::vec::Vec<usize>,
+        /// Simulated users (at least 100), placed on random nodes.
         #[arg(long, default_value_t = 5000)]
         users: usize,
         /// Messages per second, the whole fleet together.
@@ -201,25 +205,20 @@ enum Cmd {
         /// `--presence-cache-ms` of the simulated nodes.
         #[arg(long, default_value_t = 1000)]
         presence_cache_ms: u64,
+        /// Seconds between progress lines on stderr (0: none).
+        #[arg(long, default_value_t = 5)]
+        progress: u64,
         /// Internal: this child runs one `mode:nodes`.
         #[arg(long, hide = true)]
         one: Option<String>,
     },
 }
 
-struct Resolved {
-    targets: Vec<SocketAddr>,
-    apis: Vec<SocketAddr>,
-    admin: Vec<SocketAddr>,
-    sources: Vec<std::net::IpAddr>,
-    watch: Vec<u32>,
-}
-
-fn resolve(c: &Common) -> Result<Resolved, String> {
-    let targets = common::parse_addrs(&c.target)?;
+fn resolve(c: &Common) -> Result<common::Target, String> {
+    let ws = common::parse_addrs(&c.target)?;
     let apis = match &c.api {
         Some(a) => common::parse_addrs(a)?,
-        None => targets.clone(),
+        None => ws.clone(),
     };
     let admin = match &c.admin {
         Some(a) => common::parse_addrs(a)?,
@@ -237,7 +236,7 @@ fn resolve(c: &Common) -> Result<Resolved, String> {
             .collect::<Result<_, _>>()?,
         None => Vec::new(),
     };
-    Ok(Resolved { targets, apis, admin, sources, watch })
+    Ok(common::Target { ws, apis, admin, sources, node_pid: c.node_pid, watch })
 }
 
 fn main() -> ExitCode {
@@ -272,6 +271,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             payload,
             redis_port,
             presence_cache_ms,
+            progress,
             one,
         } => {
             if users < 100 || rate <= 0.0 || !(0.0..=1.0).contains(&group_share) || nodes.contains(&0) {
@@ -288,27 +288,23 @@ async fn run(cli: Cli) -> Result<(), String> {
                 payload,
                 redis_port,
                 presence_cache_ms,
+                progress: Duration::from_secs(progress),
                 one,
             };
             fleet::run(opts).await
         }
         Cmd::Chat { common, pairs, group_size, rate, duration, warmup, ack, max_backlog, linger, content_bytes } => {
-            let r = resolve(&common)?;
+            let target = resolve(&common)?;
             if group_size < 2 || pairs == 0 || rate <= 0.0 {
                 return Err("chat needs --group-size >= 2, --pairs >= 1 and --rate > 0".into());
             }
-            let api = Api::new(r.apis[0]);
             let cache = common
                 .users_file
                 .clone()
-                .unwrap_or_else(|| common::default_cache("chat", pairs, group_size, r.apis[0]));
-            let groups = common::setup_groups(&api, pairs, group_size, Some(&cache)).await?;
+                .unwrap_or_else(|| common::default_cache("chat", pairs, group_size, target.apis[0]));
+            let groups = common::setup_groups(&target.api(0), pairs, group_size, Some(&cache)).await?;
             let opts = chat::ChatOpts {
-                targets: r.targets,
-                apis: r.apis,
-                admin: r.admin,
-                node_pid: common.node_pid,
-                watch: r.watch,
+                target,
                 rate,
                 duration: Duration::from_secs(duration),
                 warmup: Duration::from_secs(warmup.min(duration.saturating_sub(1))),
@@ -316,6 +312,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 max_backlog,
                 linger: Duration::from_secs(linger),
                 content_bytes,
+                progress: Duration::from_secs(common.progress),
             };
             chat::run(opts, groups).await
         }
@@ -360,14 +357,8 @@ fn conn_opts(
     procs: usize,
     connect_timeout: u64,
 ) -> Result<connections::ConnOpts, String> {
-    let r = resolve(common)?;
     Ok(connections::ConnOpts {
-        targets: r.targets,
-        apis: r.apis,
-        admin: r.admin,
-        sources: r.sources,
-        node_pid: common.node_pid,
-        watch: r.watch,
+        target: resolve(common)?,
         count,
         ramp,
         heartbeat,
@@ -378,6 +369,7 @@ fn conn_opts(
         base: Duration::ZERO,
         jitter: Duration::from_millis(1000),
         recover_timeout: Duration::from_secs(60),
+        progress: Duration::from_secs(common.progress),
     })
 }
 
@@ -388,17 +380,16 @@ async fn multi(common: Common, opts: connections::ConnOpts, storm: bool, group_s
     let cache = common
         .users_file
         .clone()
-        .unwrap_or_else(|| common::default_cache(kind, groups_needed, group_size, opts.apis[0]));
+        .unwrap_or_else(|| common::default_cache(kind, groups_needed, group_size, opts.target.apis[0]));
+    let api = opts.target.api(0);
     match &common.shard {
         Some(shard) => {
             let shard = procs::parse_shard(shard)?;
             // The parent wrote the cache; read it without probing the node again.
-            let api = Api::new(opts.apis[0]);
             let groups = common::setup_groups(&api, groups_needed, group_size.max(1), Some(&cache)).await?;
             connections::child(opts, storm, groups, shard).await
         }
         None => {
-            let api = Api::new(opts.apis[0]);
             common::setup_groups(&api, groups_needed, group_size.max(1), Some(&cache)).await?;
             connections::parent(opts, storm, &cache).await
         }
