@@ -315,17 +315,24 @@ impl Liveness {
     async fn refresh(self, mut conn: ConnectionManager, ops: mpsc::UnboundedSender<Op>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.ttl / 3);
         let mut set_before = false;
+        // `SET … GET` needs Redis 6.2; an older one gets the plain SET (and no detection).
+        let mut with_get = true;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let set = self.set().arg("GET").to_owned();
-                    match tokio::time::timeout(IO_TIMEOUT, set.query_async::<Option<String>>(&mut conn)).await {
+                    let set = if with_get { self.set().arg("GET").to_owned() } else { self.set() };
+                    match tokio::time::timeout(IO_TIMEOUT, set.query_async::<redis::Value>(&mut conn)).await {
                         Ok(Ok(previous)) => {
-                            if previous.is_none() && set_before {
+                            if with_get && previous == redis::Value::Nil && set_before {
                                 tracing::warn!("presence liveness key was gone; writing this node's presence again");
                                 let _ = ops.send(Op::Lost);
                             }
                             set_before = true;
+                        }
+                        Ok(Err(e)) if with_get && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+                            tracing::warn!(error = %e, "this Redis has no SET … GET; presence loss is noticed on failed writes only");
+                            with_get = false;
+                            tick.reset_immediately();
                         }
                         Ok(Err(e)) => tracing::warn!(error = %e, "presence liveness refresh failed"),
                         Err(_) => tracing::warn!("presence liveness refresh timed out"),
