@@ -514,3 +514,24 @@ async fn nats_node_mode_writes_its_presence_again_after_the_presence_redis_resta
     assert_eq!(users, vec![user]);
     publish_until_delivered(&*a, &mut b_rx, Channel::User(user), Routing::Node).await;
 }
+
+/// A node starts while NATS is down: subscriptions and barriers do not wait, a publish fails
+/// within the reconnect grace, and once the server is there the node says `Resynced` and
+/// delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_starts_while_nats_is_down() {
+    assert!(common::program("nats-server"), "nats-server is needed");
+    let mut cluster = common::services::nats_cluster(1).await;
+    cluster.kill(0);
+    let (a, mut a_rx) = nats_node(Routing::Group, &[cluster.url(0)], None);
+    let g = Channel::Group(random_id());
+    a.subscribe(g);
+    tokio::time::timeout(Duration::from_secs(1), a.barrier()).await.expect("a barrier does not wait for NATS");
+    let started = tokio::time::Instant::now();
+    assert!(a.publish(&[(g, Bytes::from_static(b"x"))]).await.is_err(), "published with no server");
+    assert!(started.elapsed() < Duration::from_secs(3), "a publish waited {:?}", started.elapsed());
+    cluster.restart(0).await;
+    assert!(resynced(&mut a_rx).await, "no Resynced once NATS was up");
+    publish_until_delivered(&*a, &mut a_rx, g, Routing::Group).await;
+}
