@@ -28,7 +28,7 @@
 #   HAPROXY_CFG        template config [haproxy/haproxy.cfg]
 #   FLEET_READY_TIMEOUT  seconds to wait for a node's /readyz [60]
 #   FLEET_STOP_TIMEOUT   seconds to wait for a node to exit after SIGTERM before SIGKILL
-#                        [SWITCHBOARD_DRAIN_TIMEOUT (300) + 30]
+#                        [SWITCHBOARD_DRAIN_TIMEOUT (300s) + 30]
 #   FLEET_ROLL_PAUSE     seconds to wait between two nodes of a rolling restart [2]
 # Any other SWITCHBOARD_* variable (e.g. SWITCHBOARD_DRAIN_CLOSE_RATE) reaches the nodes as is.
 # Paths given relative are taken from the repository root.
@@ -44,7 +44,25 @@ BIN="${SWITCHBOARD_BIN:-target/release/switchboard}"
 RUN_DIR="${FLEET_RUN_DIR:-target/fleet}"
 HAPROXY_TEMPLATE="${HAPROXY_CFG:-$HERE/haproxy.cfg}"
 READY_TIMEOUT="${FLEET_READY_TIMEOUT:-60}"
-STOP_TIMEOUT="${FLEET_STOP_TIMEOUT:-$(( ${SWITCHBOARD_DRAIN_TIMEOUT:-300} + 30 ))}"
+# Whole seconds (rounded up) of a node duration such as 300s, 5m, 1h 30m or 1500ms.
+duration_seconds() {
+    local text="$1" total_ms=0 n unit
+    [[ "$text" == 0 ]] && { echo 0; return; }
+    while [[ "$text" =~ ^[[:space:]]*([0-9]+)[[:space:]]*([a-z]+)(.*)$ ]]; do
+        n="${BASH_REMATCH[1]}" unit="${BASH_REMATCH[2]}" text="${BASH_REMATCH[3]}"
+        case "$unit" in
+            ms) total_ms=$(( total_ms + n )) ;;
+            s|sec|secs) total_ms=$(( total_ms + n * 1000 )) ;;
+            m|min|mins) total_ms=$(( total_ms + n * 60000 )) ;;
+            h|hr|hrs) total_ms=$(( total_ms + n * 3600000 )) ;;
+            d|days) total_ms=$(( total_ms + n * 86400000 )) ;;
+            *) echo "fleet.sh: unsupported unit in duration: $1" >&2; return 1 ;;
+        esac
+    done
+    [[ -z "${text// /}" ]] || { echo "fleet.sh: not a duration (write its unit, e.g. 300s): $1" >&2; return 1; }
+    echo $(( (total_ms + 999) / 1000 ))
+}
+STOP_TIMEOUT="${FLEET_STOP_TIMEOUT:-$(( $(duration_seconds "${SWITCHBOARD_DRAIN_TIMEOUT:-300s}") + 30 ))}"
 ROLL_PAUSE="${FLEET_ROLL_PAUSE:-2}"
 STATS_URL="http://127.0.0.1:8404/stats;csv"
 

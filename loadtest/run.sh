@@ -112,7 +112,7 @@ if [[ "$SCENARIO" == drain ]]; then
         for p in 8080 8001 8002 8003 9001 9002 9003; do
             port_free "$p" || { echo "run.sh: port $p is busy (another fleet?); stop it or use --target" >&2; exit 69; }
         done
-        export SWITCHBOARD_DRAIN_TIMEOUT="${SWITCHBOARD_DRAIN_TIMEOUT:-30}"
+        export SWITCHBOARD_DRAIN_TIMEOUT="${SWITCHBOARD_DRAIN_TIMEOUT:-30s}"
         FLEET_STARTED=1
         FLEET_RUN_DIR="$RUN_DIR/fleet" SWITCHBOARD_BIN="$BIN" "$ROOT/haproxy/fleet.sh" up
         TARGET="http://127.0.0.1:8080"

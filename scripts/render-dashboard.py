@@ -280,7 +280,7 @@ def demo(args):
     # shows on the panels, and a short drain timeout so that a stuck client cannot stall the demo.
     env = dict(os.environ, FLEET_NODES="3", SWITCHBOARD_BIN=node, FLEET_RUN_DIR=os.path.join(work, "fleet"),
                DATABASE_URL=f"{args.mysql.rstrip('/')}/{db}", REDIS_URL=args.redis,
-               SWITCHBOARD_DRAIN_CLOSE_RATE="2", SWITCHBOARD_DRAIN_TIMEOUT="30",
+               SWITCHBOARD_DRAIN_CLOSE_RATE="2", SWITCHBOARD_DRAIN_TIMEOUT="30s",
                RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     log = open(os.path.join(work, "demo.log"), "a")
 

@@ -116,6 +116,17 @@ def duration_seconds(text):
     return int(match[1]) * scale[match[2]]
 
 
+def node_duration_seconds(text):
+    """A switchboard duration (`300s`, `5m`, `1h 30m`, `500ms`, `0`): always with its unit."""
+    if text.strip() == "0":
+        return 0
+    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text)
+    if not parts or re.sub(r"(\d+)\s*([a-z]+)", "", text).strip() or any(u not in scale for _, u in parts):
+        raise ValueError(f"not a switchboard duration (with its unit, e.g. 300s): {text!r}")
+    return sum(int(n) * scale[u] for n, u in parts)
+
+
 def haproxy_sections(text):
     sections, current = [], None
     for raw in text.splitlines():
@@ -171,7 +182,7 @@ def drain_checks(label, docs):
     pod = node["spec"]["template"]["spec"]
     container = next(c for c in pod["containers"] if c["name"] == "switchboard")
     env = pod_env(docs, container)
-    drain_timeout = int(env.get("SWITCHBOARD_DRAIN_TIMEOUT", 300))
+    drain_timeout = node_duration_seconds(env.get("SWITCHBOARD_DRAIN_TIMEOUT", "300s"))
     prestop = prestop_seconds(container)
     grace = pod.get("terminationGracePeriodSeconds", 30)
     report(prestop > 0, f"{label}: switchboard has a preStop sleep ({prestop} s)")

@@ -60,7 +60,7 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let node = config.node_name();
         let metrics = Arc::new(Metrics::new(&node));
-        metrics.drain_timeout_seconds.set(config.drain_timeout as i64);
+        metrics.drain_timeout_seconds.set(i64::try_from(config.drain_timeout.as_secs()).unwrap_or(i64::MAX));
         let trust = Trust::load(config.tls_ca_file.as_deref()).map_err(StartError::Tls)?;
         let db = Database::connect(&trust.mysql_url(&config.database_url)).await?;
         // Work that spreads over cores (commit shards, fan-out lanes) gets one lane per two
@@ -142,15 +142,15 @@ impl App {
         let routing::Routed { backplane, presence } = routing::build(setup, events_tx, transport)?;
         let hub = Hub::new(backplane.clone(), metrics.clone());
         tokio::spawn(hub.clone().run(events_rx, lanes));
-        let recorder = Recorder::spawn(inbox.clone(), Duration::from_millis(config.position_flush_ms), metrics.clone());
+        let recorder = Recorder::spawn(inbox.clone(), config.position_flush, metrics.clone());
         let send_limiter = RateLimiter::new(config.send_rate, config.send_burst);
         let reads = HandshakeReads::spawn(store.clone(), inbox.clone());
-        let commit_interval = Duration::from_micros(config.commit_interval_us);
+        let commit_interval = config.commit_interval;
         let commits = Commits::spawn(store.clone(), backplane, shards, commit_interval, metrics.clone());
         let tokens = config
             .token_secret
             .as_deref()
-            .map(|secret| Tokens::new(secret, config.token_verify_secret.as_deref(), config.token_ttl));
+            .map(|secret| Tokens::new(secret, config.token_verify_secret.as_deref(), config.token_ttl.as_secs()));
         let state = AppState {
             send_limiter,
             commits,
@@ -216,7 +216,7 @@ impl App {
 async fn drain_sessions(state: &AppState) {
     let m = &state.metrics;
     m.drain_started.set(crate::model::now_ms() / 1000);
-    let deadline = tokio::time::Instant::now() + state.config.drain_timeout();
+    let deadline = tokio::time::Instant::now() + state.config.drain_timeout;
     let cut = state.lifecycle.cut_token();
     // Close in ticks of 10 ms, rate/100 sessions per tick (at least one).
     let per_tick = (state.config.drain_close_rate as usize).div_ceil(100).max(1);

@@ -1,10 +1,14 @@
 //! Node configuration: one clap struct. Every flag also reads an environment variable and
 //! every default shows in `--help`, so a container is configured the same way as a shell.
+//! Every duration is written with its unit (`5s`, `300ms`, `1m`, `1000us`, `7d`) and read by
+//! [`parse_duration`].
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::routing::{PresenceConfig, Routing};
 
@@ -15,6 +19,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+/// Reads a duration flag: a number with its unit (`5s`, `300ms`, `1m`, `1000us`, `1h 30m`,
+/// `7d`), or `0`. A bare number is refused, so a value written for an older unit-suffixed
+/// flag (`5000` meaning milliseconds) cannot be taken for another unit.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{e}; write a duration with its unit, e.g. 5s, 300ms, 1m or 1000us"))
+}
+
+/// A duration as `--check-config` shows it, in the style [`parse_duration`] reads.
+fn show_duration(d: Duration) -> String {
+    if d.is_zero() { "0".to_owned() } else { humantime::format_duration(d).to_string() }
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -71,7 +88,7 @@ pub struct Config {
     pub presence_redis_url: Option<String>,
 
     /// Prefix of every Redis channel name, so deployments sharing one Redis stay apart
-    /// (empty: the original `group:{id}` and `user:{id}`).
+    /// (empty: plain `group:{id}` and `user:{id}`).
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
     pub channel_prefix: String,
 
@@ -83,34 +100,33 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_ROUTING", value_enum, default_value_t = Routing::Group)]
     pub routing: Routing,
 
-    /// `--routing node`: how long a node's presence outlives its last liveness refresh, in
-    /// milliseconds. A crashed node stops receiving traffic this long (plus the presence
-    /// cache) after it died.
-    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL_MS", default_value_t = 5_000)]
-    pub presence_ttl_ms: u64,
+    /// `--routing node`: how long a node's presence outlives its last liveness refresh. A
+    /// crashed node stops receiving traffic this long (plus the presence cache) after it died.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
 
-    /// `--routing node`: how long a sender's node reuses a lookup of where users are, in
-    /// milliseconds; 0 looks up on every publish. A session that just connected is caught
-    /// up from the store once this has passed, for publishes routed by older lookups.
-    #[arg(long, env = "SWITCHBOARD_PRESENCE_CACHE_MS", default_value_t = 1_000)]
-    pub presence_cache_ms: u64,
+    /// `--routing node`: how long a sender's node reuses a lookup of where users are; 0 looks
+    /// up on every publish. A session that just connected is caught up from the store once
+    /// this has passed, for publishes routed by older lookups.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_CACHE", default_value = "1s", value_parser = parse_duration)]
+    pub presence_cache: Duration,
 
     /// Offline inbox: `mongodb://host:port/db` (`?tls=true` for TLS) or `mongodb+srv://`
     /// (DNS seed list, TLS by default); unset means a table in the store's database.
     #[arg(long, env = "MONGODB_URL")]
     pub mongodb_url: Option<String>,
 
-    /// How often clients are told to send a heartbeat, in milliseconds.
-    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL_MS", default_value_t = 5_000)]
-    pub heartbeat_interval_ms: u64,
+    /// How often clients are told to send a heartbeat (sent to them in milliseconds).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
 
-    /// A session that sends nothing for this long is closed with 4000, in milliseconds.
-    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000)]
-    pub heartbeat_timeout_ms: u64,
+    /// A session that sends nothing for this long is closed with 4000.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
 
-    /// Seconds a drain waits for sessions to leave before cutting them (the 5-minute TTL).
-    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 300)]
-    pub drain_timeout: u64,
+    /// How long a drain waits for sessions to leave before cutting them (the 5-minute TTL).
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 
     /// Sessions closed per second while draining, so other nodes see no reconnect storm.
     #[arg(long, env = "SWITCHBOARD_DRAIN_CLOSE_RATE", default_value_t = 500)]
@@ -136,30 +152,30 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SESSION_QUEUE", default_value_t = 1024)]
     pub session_queue: usize,
 
-    /// How long one socket write may block before the session is dropped, in milliseconds
-    /// (a client that stopped reading must not pin its session forever).
-    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
-    pub write_timeout_ms: u64,
+    /// How long one socket write may block before the session is dropped (a client that
+    /// stopped reading must not pin its session forever).
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
 
-    /// Seconds of missed messages a returning client catches up on; older ones are left to
+    /// How far back a returning client catches up on missed messages; older ones are left to
     /// the history API.
-    #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value_t = 7 * 24 * 3600)]
-    pub inbox_ttl: u64,
+    #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub inbox_ttl: Duration,
 
     /// Messages read per catch-up query; a catch-up reads page after page until done.
     #[arg(long, env = "SWITCHBOARD_REPLAY_LIMIT", default_value_t = 1_000)]
     pub replay_limit: u32,
 
-    /// Least time between two group commits of one shard, in microseconds (0: none). Under
-    /// load it fills batches (a commit costs the database about the same whatever its size);
-    /// a send arriving after a quiet spell waits for nothing.
-    #[arg(long, env = "SWITCHBOARD_COMMIT_INTERVAL_US", default_value_t = 1_000)]
-    pub commit_interval_us: u64,
+    /// Least time between two group commits of one shard (0: none). Under load it fills
+    /// batches (a commit costs the database about the same whatever its size); a send
+    /// arriving after a quiet spell waits for nothing.
+    #[arg(long, env = "SWITCHBOARD_COMMIT_INTERVAL", default_value = "1ms", value_parser = parse_duration)]
+    pub commit_interval: Duration,
 
-    /// How often delivery positions are written to the inbox backend, in milliseconds. A
-    /// crash loses at most this much of them, which means re-delivery, never loss.
-    #[arg(long, env = "SWITCHBOARD_POSITION_FLUSH_MS", default_value_t = 500)]
-    pub position_flush_ms: u64,
+    /// How often delivery positions are written to the inbox backend. A crash loses at most
+    /// this much of them, which means re-delivery, never loss.
+    #[arg(long, env = "SWITCHBOARD_POSITION_FLUSH", default_value = "500ms", value_parser = parse_duration)]
+    pub position_flush: Duration,
 
     /// Most WebSocket sessions on this node; upgrades above it get 503.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 19_000)]
@@ -177,9 +193,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SEND_BURST", default_value_t = 40)]
     pub send_burst: u32,
 
-    /// How long a client may take to send request headers, in milliseconds (slowloris guard).
-    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
-    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send request headers (slowloris guard).
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// Origins allowed to open WebSockets (comma-separated, e.g. `https://chat.example.com`);
     /// empty allows any. Requests without an Origin header (non-browser clients) pass.
@@ -197,9 +213,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_TOKEN_VERIFY_SECRET", hide_env_values = true)]
     pub token_verify_secret: Option<String>,
 
-    /// Lifetime of an issued token, in seconds.
-    #[arg(long, env = "SWITCHBOARD_TOKEN_TTL", default_value_t = 24 * 3600)]
-    pub token_ttl: u64,
+    /// Lifetime of an issued token (whole seconds).
+    #[arg(long, env = "SWITCHBOARD_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
 
     /// A PEM CA bundle trusted besides the system roots by the TLS connections to MySQL,
     /// Redis and MongoDB (a private or cloud provider CA).
@@ -209,19 +225,24 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Validate the configuration, print it (secrets masked) and exit: 0 when valid, 64 with
+    /// the reason when not. Connects to nothing. (No environment variable: it is an action.)
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl Config {
     /// Checks what clap cannot: relations between values. The message is one line for main.
     pub fn validate(&self) -> Result<(), String> {
-        if self.heartbeat_interval_ms == 0 || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
-            return Err("--heartbeat-timeout-ms must be greater than --heartbeat-interval-ms > 0".into());
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err("--heartbeat-timeout must be greater than --heartbeat-interval > 0".into());
         }
         if self.drain_close_rate == 0 {
             return Err("--drain-close-rate must be at least 1".into());
         }
-        if self.session_queue == 0 || self.replay_limit == 0 || self.position_flush_ms == 0 {
-            return Err("--session-queue, --replay-limit and --position-flush-ms must be at least 1".into());
+        if self.session_queue == 0 || self.replay_limit == 0 || self.position_flush.is_zero() {
+            return Err("--session-queue and --replay-limit must be at least 1, --position-flush above 0".into());
         }
         if self.max_message_bytes == 0 || self.max_frame_bytes < 1024 || self.max_body_bytes < self.max_message_bytes {
             return Err("--max-message-bytes must be >= 1, --max-frame-bytes >= 1024 and --max-body-bytes >= --max-message-bytes".into());
@@ -238,8 +259,8 @@ impl Config {
         if self.token_verify_secret.is_some() && self.token_secret.is_none() {
             return Err("--token-verify-secret needs --token-secret".into());
         }
-        if self.token_ttl == 0 {
-            return Err("--token-ttl must be at least 1 second".into());
+        if self.token_ttl < Duration::from_secs(1) {
+            return Err("--token-ttl must be at least 1s".into());
         }
         crate::tls::Trust::load(self.tls_ca_file.as_deref())?;
         if self.max_group_members < 2 {
@@ -269,8 +290,8 @@ impl Config {
         if self.routing == Routing::Node && self.presence_redis().is_none() {
             return Err("--routing node needs a Redis for its presence store: REDIS_URL, or SWITCHBOARD_PRESENCE_REDIS_URL with NATS_URL".into());
         }
-        if self.presence_ttl_ms < 300 {
-            return Err("--presence-ttl-ms must be at least 300".into());
+        if self.presence_ttl < Duration::from_millis(300) {
+            return Err("--presence-ttl must be at least 300ms".into());
         }
         let db = &self.database_url;
         if !(db.starts_with("sqlite:") || db.starts_with("mysql:") || db.starts_with("mariadb:")) {
@@ -308,14 +329,139 @@ impl Config {
         Ok(())
     }
 
-    /// Parses flags from an explicit list, with the environment variables of `env` only.
-    /// Tests use this instead of mutating the process environment.
+    /// Parses flags from an explicit list (without the program name) and no environment
+    /// variables at all, whatever the process environment holds: tests use this.
     pub fn from_args<I, S>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = S>,
-        S: Into<std::ffi::OsString> + Clone,
+        S: Into<OsString> + Clone,
     {
-        Self::try_parse_from(std::iter::once("switchboard".into()).chain(args.into_iter().map(Into::into)))
+        Self::parse_from_env(std::iter::once("switchboard".into()).chain(args.into_iter().map(Into::into)), |_| None)
+    }
+
+    /// Parses a command line (program name first) with the environment variables that `env`
+    /// returns: a flag on the command line wins over its variable, a variable over the
+    /// default. The binary passes the process environment, [`Config::from_args`] none.
+    pub fn parse_from_env<I, S>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        if args.is_empty() {
+            args.push("switchboard".into());
+        }
+        // clap reads the process environment when a command is built; this command reads none.
+        let mut vars = Vec::new();
+        let mut cmd = Self::command().mut_args(|arg| match arg.get_env() {
+            Some(name) => {
+                let takes_value = arg.get_action().takes_values();
+                vars.push((arg.get_id().clone(), arg.get_long().map(str::to_owned), name.to_owned(), takes_value));
+                arg.env(None::<&'static str>)
+            }
+            None => arg,
+        });
+        let given = match cmd.clone().try_get_matches_from(&args) {
+            Ok(given) => given,
+            // --help and --version as the binary's own command shows them, with the variables.
+            Err(e) if !e.use_stderr() => return Err(Self::command().try_get_matches_from(&args).err().unwrap_or(e)),
+            Err(e) => return Err(e),
+        };
+        let mut with_env = vec![args[0].clone()];
+        for (id, long, name, takes_value) in vars {
+            let (Some(long), Some(value)) = (long, name.to_str().and_then(&env)) else { continue };
+            if given.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+                continue;
+            }
+            if takes_value {
+                with_env.push(format!("--{long}={value}").into());
+            } else if !matches!(value.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off" | "n") {
+                with_env.push(format!("--{long}").into());
+            }
+        }
+        with_env.extend(args.into_iter().skip(1));
+        let matches = cmd.try_get_matches_from_mut(with_env)?;
+        Self::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    }
+
+    /// What `--check-config` prints: a comment line, then one `--flag value` line per flag.
+    pub fn report(&self) -> String {
+        use std::fmt::Write;
+        let shown = self.effective();
+        let width = shown.iter().map(|(flag, _)| flag.len()).max().unwrap_or(0) + 2;
+        let mut out = String::from("# switchboard configuration: valid (secrets masked)\n");
+        for (flag, value) in shown {
+            let _ = writeln!(out, "{flag:width$}{value}");
+        }
+        out
+    }
+
+    /// The effective configuration, one `(flag, value)` per flag, as `--check-config` prints
+    /// it: secrets and the passwords inside URLs are `***`.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: &Option<String>| v.as_deref().map_or_else(|| "(unset)".to_owned(), mask_url);
+        let secret = |v: &Option<String>| if v.is_some() { "***".to_owned() } else { "(unset)".to_owned() };
+        vec![
+            ("--listen", self.listen.to_string()),
+            ("--admin-listen", self.admin_listen.to_string()),
+            ("--agent-listen", self.agent_listen.map_or_else(|| "(unset)".to_owned(), |a| a.to_string())),
+            ("--node-id", self.node_name()),
+            ("--database-url", mask_url(&self.database_url)),
+            ("--redis-url", opt(&self.redis_url)),
+            (
+                "--redis-cluster-urls",
+                if self.redis_cluster_urls.is_empty() {
+                    "(unset)".to_owned()
+                } else {
+                    self.redis_cluster_urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(",")
+                },
+            ),
+            ("--shard-partitions", self.shard_partitions.to_string()),
+            (
+                "--nats-url",
+                match self.nats_urls().as_slice() {
+                    [] => "(unset)".to_owned(),
+                    urls => urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(","),
+                },
+            ),
+            ("--presence-redis-url", opt(&self.presence_redis_url)),
+            ("--channel-prefix", format!("{:?}", self.channel_prefix)),
+            ("--routing", self.routing.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())),
+            ("--presence-ttl", show_duration(self.presence_ttl)),
+            ("--presence-cache", show_duration(self.presence_cache)),
+            ("--mongodb-url", opt(&self.mongodb_url)),
+            ("--heartbeat-interval", show_duration(self.heartbeat_interval)),
+            ("--heartbeat-timeout", show_duration(self.heartbeat_timeout)),
+            ("--drain-timeout", show_duration(self.drain_timeout)),
+            ("--drain-close-rate", self.drain_close_rate.to_string()),
+            ("--max-message-bytes", self.max_message_bytes.to_string()),
+            ("--max-body-bytes", self.max_body_bytes.to_string()),
+            ("--max-group-members", self.max_group_members.to_string()),
+            ("--max-frame-bytes", self.max_frame_bytes.to_string()),
+            ("--session-queue", self.session_queue.to_string()),
+            ("--write-timeout", show_duration(self.write_timeout)),
+            ("--inbox-ttl", show_duration(self.inbox_ttl)),
+            ("--replay-limit", self.replay_limit.to_string()),
+            ("--commit-interval", show_duration(self.commit_interval)),
+            ("--position-flush", show_duration(self.position_flush)),
+            ("--max-connections", self.max_connections.to_string()),
+            ("--max-connections-per-user", self.max_connections_per_user.to_string()),
+            ("--send-rate", self.send_rate.to_string()),
+            ("--send-burst", self.send_burst.to_string()),
+            ("--header-read-timeout", show_duration(self.header_read_timeout)),
+            (
+                "--allowed-origins",
+                if self.allowed_origins.is_empty() { "(any)".to_owned() } else { self.allowed_origins.join(",") },
+            ),
+            ("--token-secret", secret(&self.token_secret)),
+            ("--token-verify-secret", secret(&self.token_verify_secret)),
+            ("--token-ttl", show_duration(self.token_ttl)),
+            (
+                "--tls-ca-file",
+                self.tls_ca_file.as_ref().map_or_else(|| "(unset)".to_owned(), |p| p.display().to_string()),
+            ),
+            ("--log-format", self.log_format.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())),
+        ]
     }
 
     pub fn node_name(&self) -> String {
@@ -338,19 +484,8 @@ impl Config {
         self.presence_redis_url.as_deref().or(self.redis_url.as_deref())
     }
 
-    pub fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_timeout_ms)
-    }
-
     pub fn presence(&self) -> PresenceConfig {
-        PresenceConfig {
-            ttl: Duration::from_millis(self.presence_ttl_ms),
-            cache: Duration::from_millis(self.presence_cache_ms),
-        }
-    }
-
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout)
+        PresenceConfig { ttl: self.presence_ttl, cache: self.presence_cache }
     }
 
     /// The warning to log when the public listener is reachable from other hosts while
@@ -365,6 +500,17 @@ impl Config {
     }
 }
 
+/// A URL with the password of its user info replaced by `***`
+/// (`mysql://user:***@host/db`); anything else unchanged.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else { return url.to_owned() };
+    let Some(colon) = authority[..at].find(':') else { return url.to_owned() };
+    format!("{}{}:***{}", &url[..scheme_end], &authority[..colon], &url[scheme_end + at..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,13 +521,112 @@ mod tests {
         assert_eq!(c.listen.port(), 8000);
         assert_eq!(c.database_url, "sqlite://switchboard.db");
         assert!(c.redis_url.is_none() && c.mongodb_url.is_none());
-        assert_eq!(c.drain_timeout, 300);
+        assert_eq!(c.drain_timeout, Duration::from_secs(300));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.commit_interval, Duration::from_micros(1000));
+        assert_eq!(c.inbox_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.token_ttl, Duration::from_secs(24 * 3600));
         assert!(c.validate().is_ok());
     }
 
     #[test]
+    fn durations_are_written_with_their_unit() {
+        let c = Config::from_args([
+            "--heartbeat-interval",
+            "300ms",
+            "--heartbeat-timeout",
+            "1m",
+            "--commit-interval",
+            "1000us",
+            "--drain-timeout=5s",
+            "--presence-cache",
+            "0",
+            "--inbox-ttl",
+            "1h 30m",
+        ])
+        .expect("parses");
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(300));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(60));
+        assert_eq!(c.commit_interval, Duration::from_millis(1));
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.presence_cache, Duration::ZERO);
+        assert_eq!(c.inbox_ttl, Duration::from_secs(5400));
+        // A bare number has no unit: refused, never guessed.
+        let err = Config::from_args(["--drain-timeout", "300"]).expect_err("no unit").to_string();
+        assert!(err.contains("--drain-timeout") && err.contains("unit"), "{err}");
+        assert!(Config::from_args(["--heartbeat-interval", "5 parsecs"]).is_err());
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1s 500ms");
+        assert_eq!(parse_duration(&show_duration(Duration::from_micros(1500))), Ok(Duration::from_micros(1500)));
+        assert_eq!(show_duration(Duration::ZERO), "0");
+    }
+
+    #[test]
+    fn the_environment_comes_from_the_given_function_only() {
+        let env = |name: &str| match name {
+            "REDIS_URL" => Some("redis://from-env:6379".to_owned()),
+            "SWITCHBOARD_HEARTBEAT_INTERVAL" => Some("2s".to_owned()),
+            "SWITCHBOARD_ALLOWED_ORIGINS" => Some("https://a.example,https://b.example".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse_from_env(["switchboard"], env).expect("parses");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://from-env:6379"));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert!(!c.check_config, "no variable turns on --check-config");
+        // The command line wins over the environment.
+        let c = Config::parse_from_env(
+            ["switchboard", "--redis-url", "redis://from-args:6379", "--allowed-origins", "https://c.example"],
+            env,
+        )
+        .expect("parses");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://from-args:6379"));
+        assert_eq!(c.allowed_origins, ["https://c.example"]);
+        // A bad value from the environment is an error like one on the command line.
+        let bad = |name: &str| (name == "SWITCHBOARD_DRAIN_TIMEOUT").then(|| "300".to_owned());
+        assert!(Config::parse_from_env(["switchboard"], bad).is_err());
+        // `from_args` reads no environment, whatever the process has (REDIS_URL, PATH, ...).
+        let c = Config::from_args(Vec::<String>::new()).expect("parses");
+        assert!(c.redis_url.is_none() && c.mongodb_url.is_none() && c.node_id.is_none());
+        assert_eq!(c.database_url, "sqlite://switchboard.db");
+    }
+
+    #[test]
+    fn the_effective_configuration_names_every_flag_and_masks_secrets() {
+        let c = Config::from_args([
+            "--database-url",
+            "mysql://app:hunter2@db:3306/switchboard",
+            "--redis-url",
+            "redis://:redispass@cache:6379",
+            "--token-secret",
+            "0123456789abcdef-secret",
+        ])
+        .expect("parses");
+        let shown = c.effective();
+        let text = format!("{shown:?}");
+        assert!(!text.contains("hunter2") && !text.contains("redispass") && !text.contains("abcdef-secret"), "{text}");
+        let value = |flag: &str| shown.iter().find(|(f, _)| *f == flag).map(|(_, v)| v.as_str());
+        assert_eq!(value("--database-url"), Some("mysql://app:***@db:3306/switchboard"));
+        assert_eq!(value("--redis-url"), Some("redis://:***@cache:6379"));
+        assert_eq!(value("--token-secret"), Some("***"));
+        assert_eq!(value("--token-verify-secret"), Some("(unset)"));
+        assert_eq!(value("--heartbeat-interval"), Some("5s"));
+        assert_eq!(value("--drain-timeout"), Some("5m"));
+        // Every flag of the command is listed (a new flag must be added to `effective`).
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version" | "check-config") {
+                continue;
+            }
+            assert!(value(&format!("--{long}")).is_some(), "--{long} is missing from Config::effective");
+        }
+        assert_eq!(mask_url("sqlite://switchboard.db"), "sqlite://switchboard.db");
+        assert_eq!(mask_url("redis://user@host:6379"), "redis://user@host:6379");
+        assert_eq!(mask_url("mongodb://u:p@h1,h2/db?x=a@b"), "mongodb://u:***@h1,h2/db?x=a@b");
+    }
+
+    #[test]
     fn bad_values_are_refused_with_one_line() {
-        let c = Config::from_args(["--heartbeat-timeout-ms", "1000"]).expect("parses");
+        let c = Config::from_args(["--heartbeat-timeout", "1s"]).expect("parses");
         let err = c.validate().expect_err("timeout below interval");
         assert!(!err.contains('\n'));
         let c = Config::from_args(["--database-url", "postgres://x"]).expect("parses");

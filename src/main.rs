@@ -1,9 +1,9 @@
-//! The `switchboard` binary: load config (exit 64 when it is bad), bind, run the node, and
+//! The `switchboard` binary: load config (exit 64 when it is bad; `--check-config` stops
+//! after printing it), bind, run the node, and
 //! turn signals into the drain: the first SIGTERM/SIGINT drains, a second cuts at once.
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use switchboard::app::StartError;
 use switchboard::config::LogFormat;
 use switchboard::{App, Config};
@@ -16,7 +16,7 @@ const EX_CONFIG: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::parse_from_env(std::env::args_os(), |name| std::env::var(name).ok()) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -31,6 +31,10 @@ fn main() -> ExitCode {
     if let Err(msg) = config.validate() {
         eprintln!("switchboard: {msg}");
         return ExitCode::from(EX_CONFIG);
+    }
+    if config.check_config {
+        print!("{}", config.report());
+        return ExitCode::SUCCESS;
     }
     init_tracing(config.log_format);
     // Each WebSocket is a file descriptor: take the hard limit, since containers often start

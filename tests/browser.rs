@@ -13,14 +13,12 @@ use std::process::Command;
 
 use common::fleet::{self, Ports};
 
-fn browser_ready() -> bool {
+/// Fails the test unless Chromium and playwright-core are installed.
+fn require_browser() {
     let ready = std::path::Path::new("tests/browser/node_modules/playwright-core").exists()
         && std::path::Path::new("/usr/bin/chromium").exists();
-    if !ready {
-        assert!(!common::services_required(), "playwright-core or chromium missing (run scripts/services.sh)");
-        eprintln!("note: playwright-core or chromium missing; skipping");
-    }
-    ready
+    assert!(ready, "playwright-core or chromium missing (scripts/services.sh installs them)");
+    common::require_program("node");
 }
 
 /// Runs a browser scenario script and checks its summary line.
@@ -38,10 +36,8 @@ async fn scenario(script: &'static str, args: Vec<String>) {
 
 /// Runs a two-page scenario against two node processes sharing MariaDB and Redis.
 async fn on_two_nodes(script: &'static str) {
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
-    if !browser_ready() {
-        return;
-    }
+    require_browser();
+    let (db, redis) = (common::mysql_url(), common::redis_url());
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
     let mut n1 = common::Proc::spawn(&["--node-id".into(), "b1".into()], &env);
     n1.ready().await;
@@ -51,30 +47,30 @@ async fn on_two_nodes(script: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis, Chromium and playwright-core; scripts/test runs it"]
 async fn two_browsers_on_two_nodes_chat() {
     on_two_nodes("tests/browser/chat.mjs").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis, Chromium and playwright-core; scripts/test runs it"]
 async fn two_people_find_each_other_by_name() {
     on_two_nodes("tests/browser/names.mjs").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis, HAProxy, Chromium and playwright-core; scripts/test runs it"]
 async fn the_page_reconnects_across_a_drain() {
-    let (Some(db), Some(redis), true) = (common::mysql_url(), common::redis_url(), common::program("haproxy")) else {
-        return;
-    };
-    if !browser_ready() {
-        return;
-    }
+    require_browser();
+    common::require_program("haproxy");
+    let (db, redis) = (common::mysql_url(), common::redis_url());
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
     // The config names three servers; the third stays down.
     let ports = [Ports::free(), Ports::free(), Ports::free()];
     let mut nodes: Vec<_> = ["node1", "node2"]
         .iter()
         .enumerate()
-        .map(|(i, name)| fleet::node(name, &ports[i], &["--drain-timeout", "10"], &env))
+        .map(|(i, name)| fleet::node(name, &ports[i], &["--drain-timeout", "10s"], &env))
         .collect();
     for n in &mut nodes {
         n.ready().await;

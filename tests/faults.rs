@@ -25,18 +25,14 @@ struct Fleet {
     nodes: Vec<Proc>,
 }
 
-async fn fleet() -> Option<Fleet> {
+async fn fleet() -> Fleet {
     fleet_with(&[]).await
 }
 
 /// Two node processes with `extra` flags on private MariaDB, Redis and MongoDB.
-async fn fleet_with(extra: &[&str]) -> Option<Fleet> {
-    // The private services need the same binaries as the shared ones.
-    if !(common::service("MariaDB", "127.0.0.1:3306") && common::service("Redis", "127.0.0.1:6379")) {
-        return None;
-    }
-    if !common::service("MongoDB stand-in", "127.0.0.1:27017") {
-        return None;
+async fn fleet_with(extra: &[&str]) -> Fleet {
+    for program in ["mariadb-install-db", "redis-server", "secantusd-py"] {
+        common::require_program(program);
     }
     let (db, redis, mongo) = (services::mariadb().await, services::redis().await, services::mongo().await);
     let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
@@ -53,7 +49,7 @@ async fn fleet_with(extra: &[&str]) -> Option<Fleet> {
         node.ready().await;
         nodes.push(node);
     }
-    Some(Fleet { db, redis, mongo, nodes })
+    Fleet { db, redis, mongo, nodes }
 }
 
 /// Two node processes on a private MariaDB (which also holds the inbox) and a 3-server
@@ -64,12 +60,10 @@ struct NatsFleet {
     nodes: Vec<Proc>,
 }
 
-async fn nats_fleet() -> Option<NatsFleet> {
-    // Private services only: the shared MariaDB is there when its binaries are.
-    if !common::service("MariaDB", "127.0.0.1:3306") {
-        return None;
+async fn nats_fleet() -> NatsFleet {
+    for program in ["mariadb-install-db", "nats-server"] {
+        common::require_program(program);
     }
-    assert!(common::program("nats-server"), "nats-server is needed");
     let cluster = services::nats_cluster(3).await;
     let db = services::mariadb().await;
     let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
@@ -80,7 +74,7 @@ async fn nats_fleet() -> Option<NatsFleet> {
         node.ready().await;
         nodes.push(node);
     }
-    Some(NatsFleet { _db: db, cluster, nodes })
+    NatsFleet { _db: db, cluster, nodes }
 }
 
 impl Fleet {
@@ -102,9 +96,10 @@ async fn verdict(name: &str, w: Workload) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_node_killed_with_sigkill_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.nodes[1].signal("KILL");
@@ -119,9 +114,10 @@ async fn a_node_killed_with_sigkill_loses_nothing() {
 /// SIGKILL takes every position its sessions recorded with it. Its clients reconnect to the
 /// other node, which reads their older positions and delivers again from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_node_killed_before_writing_positions_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet_with(&["--position-flush-ms", "600000"]).await else { return };
+    let mut f = fleet_with(&["--position-flush", "10m"]).await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     f.nodes[0].signal("KILL");
@@ -133,9 +129,10 @@ async fn a_node_killed_before_writing_positions_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_redis_restart_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.redis.stop().await;
@@ -150,9 +147,10 @@ async fn a_redis_restart_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_mysql_outage_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.db.stop().await;
@@ -168,9 +166,10 @@ async fn a_mysql_outage_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn a_mongodb_outage_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(mut f) = fleet().await else { return };
+    let mut f = fleet().await;
     let w = f.traffic().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.mongo.stop().await;
@@ -188,9 +187,10 @@ async fn a_mongodb_outage_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn random_socket_drops_lose_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(f) = fleet().await else { return };
+    let f = fleet().await;
     let w = f.traffic().await;
     w.chaos(true);
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -204,10 +204,11 @@ async fn random_socket_drops_lose_nothing() {
 /// node and lose nothing, and when it comes back under the same name (a new incarnation)
 /// every user's presence counts exactly the one session it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and MongoDB stand-in binaries; scripts/test runs it"]
 async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let flags = ["--routing", "node", "--presence-ttl-ms", "1500", "--presence-cache-ms", "500"];
-    let Some(mut f) = fleet_with(&flags).await else { return };
+    let flags = ["--routing", "node", "--presence-ttl", "1500ms", "--presence-cache", "500ms"];
+    let mut f = fleet_with(&flags).await;
     let api = switchboard::client::Api::new(f.nodes[0].addr);
     let presence = |user: i64| {
         let api = api.clone();
@@ -244,10 +245,10 @@ async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_no
 /// server of the cluster and resync. The server comes back, another one is killed, the
 /// nodes move again, and the checker reports 0 lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs nats-server; scripts/test runs it"]
+#[ignore = "needs nats-server and mariadbd; scripts/test runs it"]
 async fn a_nats_server_killed_with_sigkill_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(NatsFleet { _db, mut cluster, nodes }) = nats_fleet().await else { return };
+    let NatsFleet { _db, mut cluster, nodes } = nats_fleet().await;
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -38,7 +38,7 @@ async fn read_to_eof(mut s: TcpStream) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_refuses_upgrades_turns_unready_and_keeps_serving() {
-    let node = common::embedded(&["--drain-timeout", "3"]).await;
+    let node = common::embedded(&["--drain-timeout", "3s"]).await;
     let users = common::users(&node.api(), 2).await;
     let deaf = deaf_client(node.addr, users[0]).await;
     let mut agent = TcpStream::connect(node.agent).await.expect("agent");
@@ -90,7 +90,7 @@ async fn a_draining_node_refuses_upgrades_turns_unready_and_keeps_serving() {
 /// leaves at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_timeout_cuts_clients_that_ignore_the_close() {
-    let node = common::embedded(&["--drain-timeout", "2"]).await;
+    let node = common::embedded(&["--drain-timeout", "2s"]).await;
     let users = common::users(&node.api(), 2).await;
     let deaf = deaf_client(node.addr, users[0]).await;
     let mut polite = connect_ws(node.addr, users[1], false).await.expect("connect");
@@ -134,10 +134,11 @@ async fn the_drain_timeout_cuts_clients_that_ignore_the_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB; scripts/test runs it"]
 async fn a_second_sigterm_finishes_the_drain_now() {
-    let Some(db) = common::mysql_url() else { return };
+    let db = common::mysql_url();
     let env = vec![("DATABASE_URL".to_owned(), db)];
-    let mut node = common::Proc::spawn(&["--drain-timeout".into(), "120".into()], &env);
+    let mut node = common::Proc::spawn(&["--drain-timeout".into(), "120s".into()], &env);
     node.ready().await;
     let user = Api::new(node.addr).register(&common::unique("d")).await.expect("user");
     let deaf = deaf_client(node.addr, user).await;
@@ -185,14 +186,16 @@ async fn peak_reconnects_per_second(admins: Vec<SocketAddr>, stop: tokio_util::s
 /// (`--drain-close-rate 100000`), nodes 2 and 3 pace them at 40/s; the test prints the peak
 /// reconnect rate the surviving nodes see in each case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, HAProxy and redis-server; scripts/test runs it"]
 async fn a_rolling_restart_behind_haproxy_loses_nothing() {
-    let (Some(db), true) = (common::mysql_url(), common::program("haproxy")) else { return };
+    common::require_program("haproxy");
+    let db = common::mysql_url();
     let redis = common::services::redis().await;
     let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis.url())];
     let ports = [Ports::free(), Ports::free(), Ports::free()];
     let rates = ["100000", "40", "40"];
     let names = ["node1", "node2", "node3"];
-    let args = |i: usize| vec!["--drain-close-rate", rates[i], "--drain-timeout", "30"];
+    let args = |i: usize| vec!["--drain-close-rate", rates[i], "--drain-timeout", "30s"];
     let mut nodes = Vec::new();
     for i in 0..3 {
         let mut n = fleet::node(names[i], &ports[i], &args(i), &env);

@@ -434,7 +434,7 @@ fn ids_round_trip_in_every_spelling() {
                 assert!(f.ids("id").expect("valid ids").iter().all(|x| *x == n));
             });
         }
-        // A blank or null id is an absent one (the original prototype's page sends empty fields).
+        // A blank or null id is an absent one (an HTML form sends empty fields).
         let blank = [" ", "\t", "\u{a0}", ""][g.below(4)].repeat(g.below(3));
         let form = form_urlencoded::Serializer::new(String::new()).append_pair("id", &blank).finish();
         let json_blank = json!({ "id": blank }).to_string();

@@ -142,7 +142,7 @@ async fn size_and_member_limits_just_under_and_over() {
 /// nothing is left; an acknowledged catch-up is not repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_pages_through_everything_missed() {
-    let node = common::embedded(&["--replay-limit", "3", "--position-flush-ms", "50"]).await;
+    let node = common::embedded(&["--replay-limit", "3", "--position-flush", "50ms"]).await;
     let api = node.api();
     let u = common::users(&api, 2).await;
     let g = api.create_group(u[0], &[u[1]]).await.expect("group");
@@ -175,7 +175,7 @@ async fn catch_up_pages_through_everything_missed() {
 /// everyone else keeps being served quickly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_and_others_are_served() {
-    let node = common::embedded(&["--header-read-timeout-ms", "700"]).await;
+    let node = common::embedded(&["--header-read-timeout", "700ms"]).await;
     let mut slow = Vec::new();
     for _ in 0..200 {
         let mut s = tokio::net::TcpStream::connect(node.addr).await.expect("connect");

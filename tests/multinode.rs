@@ -31,16 +31,15 @@ async fn message(ws: &mut WsConn) -> serde_json::Value {
 }
 
 /// Two ready node processes in `mode` on a fresh database and the shared Redis.
-async fn pair(mode: &str) -> Option<(common::Proc, common::Proc)> {
-    let redis = common::redis_url()?;
-    let backplane = vec![("REDIS_URL".to_owned(), redis)];
+async fn pair(mode: &str) -> (common::Proc, common::Proc) {
+    let backplane = vec![("REDIS_URL".to_owned(), common::redis_url())];
     pair_on(mode, [backplane.clone(), backplane]).await
 }
 
 /// Two ready node processes in `mode` on a fresh database, each with its own backplane
 /// variables.
-async fn pair_on(mode: &str, backplanes: [Vec<(String, String)>; 2]) -> Option<(common::Proc, common::Proc)> {
-    let db = common::mysql_url()?;
+async fn pair_on(mode: &str, backplanes: [Vec<(String, String)>; 2]) -> (common::Proc, common::Proc) {
+    let db = common::mysql_url();
     let args = |name: &str| ["--node-id", name, "--routing", mode].map(String::from);
     let [b1, b2] = backplanes;
     let env = |backplane: Vec<(String, String)>| {
@@ -52,13 +51,13 @@ async fn pair_on(mode: &str, backplanes: [Vec<(String, String)>; 2]) -> Option<(
     let mut n2 = common::Proc::spawn(&args("n2"), &env(b2));
     n1.ready().await;
     n2.ready().await;
-    Some((n1, n2))
+    (n1, n2)
 }
 
 /// Two ready node processes in `mode` on NATS, each given a different server of `cluster`
 /// (they talk through its routes); `node` mode keeps its presence in the shared Redis.
-async fn nats_pair(mode: &str, cluster: &common::services::NatsCluster) -> Option<(common::Proc, common::Proc)> {
-    let presence = common::redis_url()?;
+async fn nats_pair(mode: &str, cluster: &common::services::NatsCluster) -> (common::Proc, common::Proc) {
+    let presence = common::redis_url();
     let env = |i: usize| {
         let mut env = vec![("NATS_URL".to_owned(), cluster.url(i))];
         if mode == "node" {
@@ -70,19 +69,18 @@ async fn nats_pair(mode: &str, cluster: &common::services::NatsCluster) -> Optio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs nats-server; scripts/test runs it"]
+#[ignore = "needs nats-server, MariaDB and Redis; scripts/test runs it"]
 async fn two_node_processes_exchange_messages_over_a_nats_cluster() {
-    assert!(common::program("nats-server"), "nats-server is needed");
+    common::require_program("nats-server");
     let cluster = common::services::nats_cluster(3).await;
     for mode in ["group", "node", "broadcast"] {
-        let Some(nodes) = nats_pair(mode, &cluster).await else { return };
-        exchange(mode, nodes).await;
-        let Some(nodes) = nats_pair(mode, &cluster).await else { return };
-        both_nodes(mode, nodes).await;
+        common::step(&format!("{mode}: both ways, and offline"), exchange(mode, nats_pair(mode, &cluster).await)).await;
+        common::step(&format!("{mode}: a user on both nodes"), both_nodes(mode, nats_pair(mode, &cluster).await)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn two_node_processes_deliver_to_each_other() {
     for mode in ["group", "node", "broadcast"] {
         deliver_to_each_other(mode).await;
@@ -90,6 +88,7 @@ async fn two_node_processes_deliver_to_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn a_user_on_two_nodes_gets_every_message_on_both() {
     for mode in ["group", "node", "broadcast"] {
         sessions_on_both_nodes(mode).await;
@@ -97,8 +96,7 @@ async fn a_user_on_two_nodes_gets_every_message_on_both() {
 }
 
 async fn deliver_to_each_other(mode: &str) {
-    let Some(nodes) = pair(mode).await else { return };
-    exchange(mode, nodes).await;
+    exchange(mode, pair(mode).await).await;
 }
 
 async fn exchange(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
@@ -141,8 +139,7 @@ async fn exchange(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
 }
 
 async fn sessions_on_both_nodes(mode: &str) {
-    let Some(nodes) = pair(mode).await else { return };
-    both_nodes(mode, nodes).await;
+    both_nodes(mode, pair(mode).await).await;
 }
 
 async fn both_nodes(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
@@ -173,8 +170,9 @@ async fn both_nodes(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and Redis; scripts/test runs it"]
 async fn a_node_in_another_mode_than_its_fleet_refuses_to_start() {
-    let Some((n1, _n2)) = pair("group").await else { return };
+    let (n1, _n2) = pair("group").await;
     // The same database, hence the same channel prefix: the same fleet.
     let mut n3 = common::Proc::spawn(&["--node-id", "n3", "--routing", "node"].map(String::from), &n1.envs);
     for _ in 0..100 {

@@ -12,8 +12,10 @@
 //!   output of both nodes, so a panel or alert cannot query a metric the node does not
 //!   export.
 //!
-//! Needs the `prometheus` binary (Debian package `prometheus`) besides MariaDB and Redis;
-//! without them the test is skipped with a note, unless `SWITCHBOARD_TEST_SERVICES=1`.
+//! Needs the `prometheus` binary (Debian package `prometheus`) besides MariaDB and Redis, so
+//! it is ignored under a plain `cargo test` (`scripts/test` runs it); its steps are named,
+//! so a failure says which one. Reading the dashboard and the rules needs nothing and runs
+//! always (`dashboard_and_rules_have_queries`).
 
 mod common;
 
@@ -56,8 +58,8 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts Prometheus scraping `targets` (job `switchboard`) every second and evaluating
-    /// the project's rules every second. None when the binary is missing and not required.
-    fn start(targets: &[SocketAddr]) -> Option<Self> {
+    /// the project's rules every second.
+    fn start(targets: &[SocketAddr]) -> Self {
         let dir = common::TempDir::new();
         let port = common::free_port();
         let targets = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
@@ -78,20 +80,10 @@ impl Prometheus {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                assert!(
-                    !common::services_required(),
-                    "prometheus is required (SWITCHBOARD_TEST_SERVICES=1) but cannot start: {e} \
-                     (apt-get install -y prometheus)"
-                );
-                eprintln!("note: prometheus binary not found ({e}); skipping");
-                return None;
-            }
-        };
+        let child =
+            spawned.unwrap_or_else(|e| panic!("prometheus cannot start: {e} (scripts/services.sh installs it)"));
         let api = Api::new(format!("127.0.0.1:{port}").parse().expect("addr"));
-        Some(Prometheus { child, api, dir })
+        Prometheus { child, api, dir }
     }
 
     fn log(&self) -> String {
@@ -447,58 +439,95 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_and_rules_query_live_metrics() {
-    let started = Instant::now();
-    let (Some(db), Some(redis)) = (common::mysql_url(), common::redis_url()) else { return };
+/// Dashboard queries with their panel title and legend.
+type DashboardExprs = Vec<(Expr, String, String)>;
+
+/// Every query of the dashboard and every rule of the rules file (with its name), read from
+/// the repository.
+fn project_exprs() -> (DashboardExprs, Vec<(String, Expr)>) {
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("read dashboard")).expect("dashboard JSON");
     let dashboard_exprs = dashboard_exprs(&dashboard);
     let rules = rule_exprs(&std::fs::read_to_string(RULES).expect("read rules"));
     assert!(dashboard_exprs.len() >= 20, "dashboard queries found: {}", dashboard_exprs.len());
     assert!(rules.len() >= 5, "rules found: {}", rules.len());
+    (dashboard_exprs, rules)
+}
 
-    let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
-    let args = |id: &str| -> Vec<String> {
-        vec![
-            "--node-id".into(),
-            id.into(),
-            "--heartbeat-interval-ms".into(),
-            HEARTBEAT_INTERVAL_MS.to_string(),
-            "--heartbeat-timeout-ms".into(),
-            HEARTBEAT_TIMEOUT_MS.to_string(),
-        ]
-    };
-    let mut n1 = common::Proc::spawn(&args("prom-n1"), &env);
-    let mut n2 = common::Proc::spawn(&args("prom-n2"), &env);
-    let Some(mut prom) = Prometheus::start(&[n1.admin, n2.admin]) else { return };
-    n1.ready().await;
-    n2.ready().await;
-    prom.ready().await;
+/// The dashboard and the rules parse and name metrics, without any service.
+#[test]
+fn dashboard_and_rules_have_queries() {
+    let (dashboard_exprs, rules) = project_exprs();
+    let named: BTreeSet<String> = dashboard_exprs
+        .iter()
+        .map(|(e, _, _)| e)
+        .chain(rules.iter().map(|(_, e)| e))
+        .flat_map(|e| metric_names(&e.raw))
+        .collect();
+    assert!(named.len() >= 20, "metric names found: {named:?}");
+}
 
-    // What a node exports before any traffic (for the note below).
-    let fresh = Exposition::parse(&get_text(n1.admin, "/metrics").await);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB, Redis and Prometheus; scripts/test runs it"]
+async fn dashboard_and_rules_query_live_metrics() {
+    use common::step;
+    let started = Instant::now();
+    let (db, redis) = (common::mysql_url(), common::redis_url());
+    let (dashboard_exprs, rules) = project_exprs();
+
+    let (n1, n2, prom, fresh) = step("start two nodes and Prometheus", async {
+        let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
+        let args = |id: &str| -> Vec<String> {
+            vec![
+                "--node-id".into(),
+                id.into(),
+                "--heartbeat-interval".into(),
+                format!("{HEARTBEAT_INTERVAL_MS}ms"),
+                "--heartbeat-timeout".into(),
+                format!("{HEARTBEAT_TIMEOUT_MS}ms"),
+            ]
+        };
+        let mut n1 = common::Proc::spawn(&args("prom-n1"), &env);
+        let mut n2 = common::Proc::spawn(&args("prom-n2"), &env);
+        let mut prom = Prometheus::start(&[n1.admin, n2.admin]);
+        n1.ready().await;
+        n2.ready().await;
+        prom.ready().await;
+
+        // What a node exports before any traffic (for the note below).
+        let fresh = Exposition::parse(&get_text(n1.admin, "/metrics").await);
+        (n1, n2, prom, fresh)
+    })
+    .await;
 
     // Traffic: PAIRS pairs, one user of each pair on each node, each pair a group; every
     // session heartbeats and every user keeps writing to its partner.
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
-    let mut pairs = Vec::new();
-    for i in 0..PAIRS {
-        let a = api1.register(&common::unique("pa")).await.expect("register");
-        let b = api2.register(&common::unique("pb")).await.expect("register");
-        let creator = if i % 2 == 0 { &api1 } else { &api2 };
-        let group = creator.create_group(a, &[b]).await.expect("group");
-        pairs.push((a, b, group));
-    }
+    let pairs = step("register pairs and groups", async {
+        let mut pairs = Vec::new();
+        for i in 0..PAIRS {
+            let a = api1.register(&common::unique("pa")).await.expect("register");
+            let b = api2.register(&common::unique("pb")).await.expect("register");
+            let creator = if i % 2 == 0 { &api1 } else { &api2 };
+            let group = creator.create_group(a, &[b]).await.expect("group");
+            pairs.push((a, b, group));
+        }
+        pairs
+    })
+    .await;
     let stop_sessions = Arc::new(AtomicBool::new(false));
     let stop_senders = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
-    let mut sessions = Vec::new();
-    for &(a, b, _) in &pairs {
-        sessions.push(keep_alive(connect(n1.addr, a).await, stop_sessions.clone(), received.clone()));
-        sessions.push(keep_alive(connect(n2.addr, b).await, stop_sessions.clone(), received.clone()));
-    }
+    let sessions = step("open a session per user", async {
+        let mut sessions = Vec::new();
+        for &(a, b, _) in &pairs {
+            sessions.push(keep_alive(connect(n1.addr, a).await, stop_sessions.clone(), received.clone()));
+            sessions.push(keep_alive(connect(n2.addr, b).await, stop_sessions.clone(), received.clone()));
+        }
+        sessions
+    })
+    .await;
     let mut senders = Vec::new();
     for (api, first) in [(api1.clone(), true), (api2.clone(), false)] {
         let (pairs, stop, sent) = (pairs.clone(), stop_senders.clone(), sent.clone());
@@ -524,165 +553,192 @@ async fn dashboard_and_rules_query_live_metrics() {
     }
     let traffic_start = Instant::now();
     let (a, b, group) = pairs[0];
-    tokio::join!(misbehave(n1.addr, a, group), misbehave(n2.addr, b, group));
+    step("misbehave on both nodes", async {
+        tokio::join!(misbehave(n1.addr, a, group), misbehave(n2.addr, b, group));
+    })
+    .await;
     tokio::time::sleep(TRAFFIC.saturating_sub(traffic_start.elapsed())).await;
 
     // Wait until Prometheus scraped both nodes after the burst, and evaluated every rule.
-    let burst_end = unix_now();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ups = prom.vector(r#"timestamp(up{job="switchboard"} == 1)"#).await;
-        let scrapes = prom.vector(r#"count_over_time(up{job="switchboard"}[1m])"#).await;
-        let (_, rules_api) = prom.api.get("/api/v1/rules").await.expect("rules API");
-        let loaded: Vec<&Value> = rules_api["data"]["groups"]
-            .as_array()
-            .map(|g| g.iter().flat_map(|g| g["rules"].as_array().into_iter().flatten()).collect())
-            .unwrap_or_default();
-        // The rules Prometheus loaded are the ones this file's parser found.
-        let names: BTreeSet<&str> = loaded.iter().filter_map(|r| r["name"].as_str()).collect();
-        let parsed: BTreeSet<&str> = rules.iter().filter_map(|(n, _)| n.split_once(' ').map(|(_, n)| n)).collect();
-        assert!(loaded.is_empty() || names == parsed, "rules loaded {names:?}, parsed {parsed:?}");
-        let healthy = loaded.len() == rules.len() && loaded.iter().all(|r| r["health"] == "ok");
-        let fresh_scrapes = ups.len() == 2 && ups.iter().all(|s| value(s) > burst_end);
-        if fresh_scrapes && scrapes.iter().all(|s| value(s) >= 8.0) && healthy {
-            break;
-        }
-        if Instant::now() > deadline {
-            let bad: Vec<String> = loaded
-                .iter()
-                .filter(|r| r["health"] != "ok")
-                .map(|r| format!("{} {}: {}", r["name"], r["health"], r["lastError"]))
-                .collect();
-            panic!(
-                "Prometheus did not catch up: up {ups:?}, scrapes {scrapes:?}, {} rules loaded of {} \
+    step("Prometheus scrapes both nodes and evaluates every rule", async {
+        let burst_end = unix_now();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ups = prom.vector(r#"timestamp(up{job="switchboard"} == 1)"#).await;
+            let scrapes = prom.vector(r#"count_over_time(up{job="switchboard"}[1m])"#).await;
+            let (_, rules_api) = prom.api.get("/api/v1/rules").await.expect("rules API");
+            let loaded: Vec<&Value> = rules_api["data"]["groups"]
+                .as_array()
+                .map(|g| g.iter().flat_map(|g| g["rules"].as_array().into_iter().flatten()).collect())
+                .unwrap_or_default();
+            // The rules Prometheus loaded are the ones this file's parser found.
+            let names: BTreeSet<&str> = loaded.iter().filter_map(|r| r["name"].as_str()).collect();
+            let parsed: BTreeSet<&str> = rules.iter().filter_map(|(n, _)| n.split_once(' ').map(|(_, n)| n)).collect();
+            assert!(loaded.is_empty() || names == parsed, "rules loaded {names:?}, parsed {parsed:?}");
+            let healthy = loaded.len() == rules.len() && loaded.iter().all(|r| r["health"] == "ok");
+            let fresh_scrapes = ups.len() == 2 && ups.iter().all(|s| value(s) > burst_end);
+            if fresh_scrapes && scrapes.iter().all(|s| value(s) >= 8.0) && healthy {
+                break;
+            }
+            if Instant::now() > deadline {
+                let bad: Vec<String> = loaded
+                    .iter()
+                    .filter(|r| r["health"] != "ok")
+                    .map(|r| format!("{} {}: {}", r["name"], r["health"], r["lastError"]))
+                    .collect();
+                panic!(
+                    "Prometheus did not catch up: up {ups:?}, scrapes {scrapes:?}, {} rules loaded of {} \
                  (unhealthy: {bad:?})\n{}",
-                loaded.len(),
-                rules.len(),
-                prom.log()
-            );
+                    loaded.len(),
+                    rules.len(),
+                    prom.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
 
     // Every metric named by a panel, the node variable or a rule is exported by both nodes.
     let node_variable = "switchboard_ws_connections"; // label_values(switchboard_ws_connections, instance)
-    let mut referenced: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for e in dashboard_exprs.iter().map(|(e, _, _)| e).chain(rules.iter().map(|(_, e)| e)) {
-        for name in metric_names(&e.raw) {
-            referenced.entry(name).or_default().insert(e.origin.clone());
-        }
-    }
-    referenced.entry(node_variable.to_owned()).or_default().insert("variable node".into());
-    assert!(referenced.len() >= 20, "metric names found: {:?}", referenced.keys());
-    let mut missing = Vec::new();
-    for (node, admin) in [("n1", n1.admin), ("n2", n2.admin)] {
-        let live = Exposition::parse(&get_text(admin, "/metrics").await);
-        for (name, used_by) in &referenced {
-            if let Some(problem) = live.problem(name) {
-                missing.push(format!("{node}: {problem}; used by {used_by:?}"));
+    let referenced = step("every queried metric is exported by both nodes", async {
+        let mut referenced: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for e in dashboard_exprs.iter().map(|(e, _, _)| e).chain(rules.iter().map(|(_, e)| e)) {
+            for name in metric_names(&e.raw) {
+                referenced.entry(name).or_default().insert(e.origin.clone());
             }
         }
-    }
-    assert!(missing.is_empty(), "metrics queried but not exported:\n{}", missing.join("\n"));
-    let absent_when_fresh: Vec<&String> = referenced.keys().filter(|n| fresh.problem(n).is_some()).collect();
-    if !absent_when_fresh.is_empty() {
-        eprintln!("note: before any traffic a node has no series for {absent_when_fresh:?}");
-    }
-    let instances: BTreeSet<String> =
-        prom.vector(node_variable).await.iter().map(|s| label(s, "instance").to_owned()).collect();
-    assert_eq!(instances, BTreeSet::from([n1.admin.to_string(), n2.admin.to_string()]), "node variable values");
+        referenced.entry(node_variable.to_owned()).or_default().insert("variable node".into());
+        assert!(referenced.len() >= 20, "metric names found: {:?}", referenced.keys());
+        let mut missing = Vec::new();
+        for (node, admin) in [("n1", n1.admin), ("n2", n2.admin)] {
+            let live = Exposition::parse(&get_text(admin, "/metrics").await);
+            for (name, used_by) in &referenced {
+                if let Some(problem) = live.problem(name) {
+                    missing.push(format!("{node}: {problem}; used by {used_by:?}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "metrics queried but not exported:\n{}", missing.join("\n"));
+        let absent_when_fresh: Vec<&String> = referenced.keys().filter(|n| fresh.problem(n).is_some()).collect();
+        if !absent_when_fresh.is_empty() {
+            eprintln!("note: before any traffic a node has no series for {absent_when_fresh:?}");
+        }
+        let instances: BTreeSet<String> =
+            prom.vector(node_variable).await.iter().map(|s| label(s, "instance").to_owned()).collect();
+        assert_eq!(instances, BTreeSet::from([n1.admin.to_string(), n2.admin.to_string()]), "node variable values");
+        referenced
+    })
+    .await;
 
     // Every dashboard query evaluates; all but MAY_BE_EMPTY return data.
-    let mut results: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
-    let mut empty = Vec::new();
-    for (e, title, legend) in &dashboard_exprs {
-        let result = prom.vector(&e.promql).await;
-        if result.is_empty() && !MAY_BE_EMPTY.contains(&(title.as_str(), legend.as_str())) {
-            empty.push(format!("{}: {}", e.origin, e.promql));
+    step("every dashboard query returns data", async {
+        let mut results: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+        let mut empty = Vec::new();
+        for (e, title, legend) in &dashboard_exprs {
+            let result = prom.vector(&e.promql).await;
+            if result.is_empty() && !MAY_BE_EMPTY.contains(&(title.as_str(), legend.as_str())) {
+                empty.push(format!("{}: {}", e.origin, e.promql));
+            }
+            results.insert((title.clone(), legend.clone()), result);
         }
-        results.insert((title.clone(), legend.clone()), result);
-    }
-    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
-    let panel = |title: &str, legend: &str| -> &Vec<Value> {
-        results.get(&(title.to_owned(), legend.to_owned())).unwrap_or_else(|| panic!("no panel {title:?} / {legend:?}"))
-    };
-    // The main panels show what the traffic did.
-    let per_instance = |samples: &Vec<Value>| -> BTreeMap<String, f64> {
-        samples.iter().map(|s| (label(s, "instance").to_owned(), value(s))).collect()
-    };
-    let phases = per_instance(panel("Lifecycle phase", "{{instance}}"));
-    assert_eq!(phases.len(), 2, "lifecycle phase per node: {phases:?}");
-    assert!(phases.values().all(|p| *p == 1.0), "both nodes Ready: {phases:?}");
-    let connections = per_instance(panel("Connections per node", "{{instance}}"));
-    assert!(connections.len() == 2 && connections.values().all(|c| *c >= PAIRS as f64), "{connections:?}");
-    assert!(value(&panel("Messages sent and delivered /s", "sent")[0]) > 0.0, "messages sent rate");
-    let delivered = panel("Messages sent and delivered /s", "delivered: {{path}}");
-    assert!(delivered.iter().any(|s| label(s, "path") == "live" && value(s) > 0.0), "live deliveries: {delivered:?}");
-    for q in ["p50", "p95", "p99"] {
-        let latency = value(&panel("Delivery latency (accept to socket write)", q)[0]);
-        assert!(latency.is_finite() && latency > 0.0 && latency < 5.0, "delivery latency {q}: {latency}");
-    }
-    let p99_per_node = panel("Delivery latency p99 per node", "{{instance}}");
-    assert_eq!(p99_per_node.len(), 2, "delivery p99 per node: {p99_per_node:?}");
-    let http = panel("HTTP requests /s by route and status", "{{route}} {{status}}");
-    let routes: BTreeSet<(&str, &str)> = http.iter().map(|s| (label(s, "route"), label(s, "status"))).collect();
-    for expected in [("/send_message", "200"), ("/register", "200"), ("/create_group", "200"), ("/metrics", "200")] {
-        assert!(routes.contains(&expected), "HTTP rate by route lacks {expected:?}: {routes:?}");
-    }
-    for expected in [("/send_message", "413"), ("/ws/{user_id}", "404"), ("unknown", "404")] {
-        assert!(routes.contains(&expected), "HTTP rate by route lacks {expected:?}: {routes:?}");
-    }
-    let subscriptions = per_instance(panel("Backplane subscriptions", "{{instance}}"));
-    assert!(subscriptions.len() == 2 && subscriptions.values().all(|s| *s > 0.0), "{subscriptions:?}");
-    let store_ops: BTreeSet<&str> =
-        panel("Store query latency p99 by op", "{{op}}").iter().map(|s| label(s, "op")).collect();
-    assert!(store_ops.len() >= 3, "store ops: {store_ops:?}");
-    let reasons: BTreeSet<&str> = panel("Connects and disconnects /s by reason", "disconnect: {{reason}}")
-        .iter()
-        .map(|s| label(s, "reason"))
-        .collect();
-    for reason in ["client_close", "protocol_error", "too_large", "heartbeat_timeout"] {
-        assert!(reasons.contains(reason), "disconnect reason {reason} missing: {reasons:?}");
-    }
-    let rejected: BTreeSet<&str> =
-        panel("Upgrade rejections /s by reason", "{{reason}}").iter().map(|s| label(s, "reason")).collect();
-    assert!(rejected.contains("unknown_user") && rejected.contains("bad_request"), "{rejected:?}");
-    let limits: BTreeSet<&str> = panel("Limit rejections /s", "{{limit}}").iter().map(|s| label(s, "limit")).collect();
-    assert!(limits.contains("message_size") && limits.contains("ws_frame_size"), "{limits:?}");
-    for (title, legend) in [
-        ("Resident memory", "{{instance}}"),
-        ("Open file descriptors vs limit", "open {{instance}}"),
-        ("Open file descriptors vs limit", "max {{instance}}"),
-    ] {
-        let samples = panel(title, legend);
-        assert!(samples.len() == 2 && samples.iter().all(|s| value(s) > 0.0), "{title} {legend}: {samples:?}");
-    }
+        assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+        let panel = |title: &str, legend: &str| -> &Vec<Value> {
+            results
+                .get(&(title.to_owned(), legend.to_owned()))
+                .unwrap_or_else(|| panic!("no panel {title:?} / {legend:?}"))
+        };
+        // The main panels show what the traffic did.
+        let per_instance = |samples: &Vec<Value>| -> BTreeMap<String, f64> {
+            samples.iter().map(|s| (label(s, "instance").to_owned(), value(s))).collect()
+        };
+        let phases = per_instance(panel("Lifecycle phase", "{{instance}}"));
+        assert_eq!(phases.len(), 2, "lifecycle phase per node: {phases:?}");
+        assert!(phases.values().all(|p| *p == 1.0), "both nodes Ready: {phases:?}");
+        let connections = per_instance(panel("Connections per node", "{{instance}}"));
+        assert!(connections.len() == 2 && connections.values().all(|c| *c >= PAIRS as f64), "{connections:?}");
+        assert!(value(&panel("Messages sent and delivered /s", "sent")[0]) > 0.0, "messages sent rate");
+        let delivered = panel("Messages sent and delivered /s", "delivered: {{path}}");
+        assert!(
+            delivered.iter().any(|s| label(s, "path") == "live" && value(s) > 0.0),
+            "live deliveries: {delivered:?}"
+        );
+        for q in ["p50", "p95", "p99"] {
+            let latency = value(&panel("Delivery latency (accept to socket write)", q)[0]);
+            assert!(latency.is_finite() && latency > 0.0 && latency < 5.0, "delivery latency {q}: {latency}");
+        }
+        let p99_per_node = panel("Delivery latency p99 per node", "{{instance}}");
+        assert_eq!(p99_per_node.len(), 2, "delivery p99 per node: {p99_per_node:?}");
+        let http = panel("HTTP requests /s by route and status", "{{route}} {{status}}");
+        let routes: BTreeSet<(&str, &str)> = http.iter().map(|s| (label(s, "route"), label(s, "status"))).collect();
+        for expected in [("/send_message", "200"), ("/register", "200"), ("/create_group", "200"), ("/metrics", "200")]
+        {
+            assert!(routes.contains(&expected), "HTTP rate by route lacks {expected:?}: {routes:?}");
+        }
+        for expected in [("/send_message", "413"), ("/ws/{user_id}", "404"), ("unknown", "404")] {
+            assert!(routes.contains(&expected), "HTTP rate by route lacks {expected:?}: {routes:?}");
+        }
+        let subscriptions = per_instance(panel("Backplane subscriptions", "{{instance}}"));
+        assert!(subscriptions.len() == 2 && subscriptions.values().all(|s| *s > 0.0), "{subscriptions:?}");
+        let store_ops: BTreeSet<&str> =
+            panel("Store query latency p99 by op", "{{op}}").iter().map(|s| label(s, "op")).collect();
+        assert!(store_ops.len() >= 3, "store ops: {store_ops:?}");
+        let reasons: BTreeSet<&str> = panel("Connects and disconnects /s by reason", "disconnect: {{reason}}")
+            .iter()
+            .map(|s| label(s, "reason"))
+            .collect();
+        for reason in ["client_close", "protocol_error", "too_large", "heartbeat_timeout"] {
+            assert!(reasons.contains(reason), "disconnect reason {reason} missing: {reasons:?}");
+        }
+        let rejected: BTreeSet<&str> =
+            panel("Upgrade rejections /s by reason", "{{reason}}").iter().map(|s| label(s, "reason")).collect();
+        assert!(rejected.contains("unknown_user") && rejected.contains("bad_request"), "{rejected:?}");
+        let limits: BTreeSet<&str> =
+            panel("Limit rejections /s", "{{limit}}").iter().map(|s| label(s, "limit")).collect();
+        assert!(limits.contains("message_size") && limits.contains("ws_frame_size"), "{limits:?}");
+        for (title, legend) in [
+            ("Resident memory", "{{instance}}"),
+            ("Open file descriptors vs limit", "open {{instance}}"),
+            ("Open file descriptors vs limit", "max {{instance}}"),
+        ] {
+            let samples = panel(title, legend);
+            assert!(samples.len() == 2 && samples.iter().all(|s| value(s) > 0.0), "{title} {legend}: {samples:?}");
+        }
+    })
+    .await;
 
     // Every rule expression evaluates; the recording rules and their outputs have data.
-    for (name, e) in &rules {
-        let result = prom.vector(&e.promql).await;
-        if let Some(record) = name.strip_prefix("record ") {
-            assert!(!result.is_empty(), "recording rule {record} has no data: {}", e.promql);
-            assert!(!prom.vector(record).await.is_empty(), "no series recorded for {record}");
+    step("every rule evaluates", async {
+        for (name, e) in &rules {
+            let result = prom.vector(&e.promql).await;
+            if let Some(record) = name.strip_prefix("record ") {
+                assert!(!result.is_empty(), "recording rule {record} has no data: {}", e.promql);
+                assert!(!prom.vector(record).await.is_empty(), "no series recorded for {record}");
+            }
         }
-    }
+    })
+    .await;
 
     // Wind down: every message sent reached its recipient's live session.
-    stop_senders.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.expect("sender task").expect("every send succeeds");
-    }
-    let total = sent.load(Ordering::Relaxed);
-    let deadline = Instant::now() + WAIT;
-    while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop_sessions.store(true, Ordering::Relaxed);
-    for s in sessions {
-        s.await.expect("session task").expect("live session stays open");
-    }
-    assert!(total >= 200, "messages sent: {total}");
-    assert!(received.load(Ordering::Relaxed) >= total, "received {received:?} of {total}");
+    let total = step("every message sent is received", async {
+        stop_senders.store(true, Ordering::Relaxed);
+        for s in senders {
+            s.await.expect("sender task").expect("every send succeeds");
+        }
+        let total = sent.load(Ordering::Relaxed);
+        let deadline = Instant::now() + WAIT;
+        while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop_sessions.store(true, Ordering::Relaxed);
+        for s in sessions {
+            s.await.expect("session task").expect("live session stays open");
+        }
+        assert!(total >= 200, "messages sent: {total}");
+        assert!(received.load(Ordering::Relaxed) >= total, "received {received:?} of {total}");
+        total
+    })
+    .await;
     eprintln!(
         "prometheus test: {} dashboard queries and {} rules checked, {} metric names, {total} messages, {:?}",
         dashboard_exprs.len(),

@@ -43,7 +43,7 @@ async fn ws_status(addr: std::net::SocketAddr, user: i64, token: Option<&str>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_mode_guards_every_user_scoped_route() {
     let node =
-        common::embedded(&["--token-secret", SECRET, "--token-verify-secret", PREVIOUS, "--token-ttl", "3600"]).await;
+        common::embedded(&["--token-secret", SECRET, "--token-verify-secret", PREVIOUS, "--token-ttl", "1h"]).await;
     let api = node.api();
     let mut ids = Vec::new();
     let mut tokens = Vec::new();
@@ -118,7 +118,7 @@ async fn token_mode_guards_every_user_scoped_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_tokens_expire_after_the_ttl() {
-    let node = common::embedded(&["--token-secret", SECRET, "--token-ttl", "1"]).await;
+    let node = common::embedded(&["--token-secret", SECRET, "--token-ttl", "1s"]).await;
     let api = node.api();
     let (_, alice) = call(&api, "POST", "/register", Some(json!({ "username": common::unique("a") })), None).await;
     let (a, ta) = (alice["user_id"].as_i64().expect("id"), alice["token"].as_str().expect("token").to_owned());

@@ -168,7 +168,7 @@ async fn every_socket_of_a_user_receives_and_fifty_arrive_in_order() {
 /// else, and catches up from its inbox when it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_catches_up_from_its_inbox() {
-    let node = common::embedded(&["--session-queue", "8", "--write-timeout-ms", "300"]).await;
+    let node = common::embedded(&["--session-queue", "8", "--write-timeout", "300ms"]).await;
     let (alice, bob, group) = pair(&node).await;
     // A raw client that completes the handshake and then never reads, with a small receive
     // window so the server's socket buffer fills soon.
@@ -408,8 +408,9 @@ async fn the_connect_order_holds_under_a_handshake_storm() {
 
 /// The same over Redis, where subscriptions take a round trip to confirm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis; scripts/test runs it"]
 async fn the_connect_order_holds_under_a_handshake_storm_over_redis() {
-    let Some(redis) = common::redis_url() else { return };
+    let redis = common::redis_url();
     let prefix = common::unique("storm") + ":";
     let node = common::embedded(&["--send-rate", "100000", "--redis-url", &redis, "--channel-prefix", &prefix]).await;
     connect_order_under_a_handshake_storm(node).await;

@@ -46,6 +46,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How soon the watcher looks after a sign of trouble (the crate needs a moment to notice
 /// the new topology itself).
 const CHECK_SOON: Duration = Duration::from_millis(200);
+/// How long a master may take to accept a TCP connection before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Redis Cluster's slot count.
 const SLOTS: u16 = 16384;
 
@@ -160,6 +162,7 @@ impl RedisClusterBackplane {
             wanted: vec![HashSet::new(); partitions.count()],
             owners: vec![None; partitions.count()],
             broken: BTreeSet::new(),
+            check_soon: false,
         };
         tokio::spawn(subscriber.run(client, conn_tx, rx, push_rx, stop.clone()));
         Ok(Self { partitions, metrics, conn, commands, stop })
@@ -232,6 +235,8 @@ struct Subscriber {
     owners: Vec<Option<String>>,
     /// Partitions whose subscription may be incomplete: the watcher resubscribes them.
     broken: BTreeSet<usize>,
+    /// A push hinted at trouble: check soon rather than at the next tick.
+    check_soon: bool,
 }
 
 impl Subscriber {
@@ -287,7 +292,7 @@ impl Subscriber {
                     if self.on_push(push).await.is_err() {
                         return;
                     }
-                    if !self.broken.is_empty() && !soon_armed {
+                    if std::mem::take(&mut self.check_soon) && !soon_armed {
                         soon.as_mut().reset(tokio::time::Instant::now() + CHECK_SOON);
                         soon_armed = true;
                     }
@@ -326,9 +331,10 @@ impl Subscriber {
                 let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                 self.events.send(Event::Payload { channel, payload }).await.map_err(drop)
             }
-            // Which node dropped is not said: every partition is checked.
+            // Which node dropped is not said: the check finds it (its count is off, or it
+            // does not answer).
             PushKind::Disconnection => {
-                self.broken.extend((0..self.partitions.count()).filter(|p| !self.wanted[*p].is_empty()));
+                self.check_soon = true;
                 Ok(())
             }
             // Redis unsubscribes shard channels whose slot migrated to another master.
@@ -337,6 +343,7 @@ impl Subscriber {
                     let p = self.partitions.of(channel);
                     if self.wanted[p].contains(&channel) {
                         self.broken.insert(p);
+                        self.check_soon = true;
                     }
                 }
                 Ok(())
@@ -418,8 +425,10 @@ impl Subscriber {
     }
 
     /// Compares the cluster with what is wanted and repairs the difference: partitions whose
-    /// master changed, whose master holds fewer or more of our subscriptions than it
-    /// should, or that failed before. Err only when the hub is gone.
+    /// master changed, whose master holds another count of our subscriptions than it should,
+    /// or that failed before. A partition whose master does not answer waits for the next
+    /// check (after a failover the topology names its replica). `Resynced` follows once
+    /// nothing is left to repair. Err only when the hub is gone.
     async fn check(&mut self, conn: &mut ClusterConnection, first: &mut bool) -> Result<(), ()> {
         let up = self.metrics.backend_up.with_label_values(&["backplane"]);
         let Ok(ranges) = topology(conn).await else {
@@ -433,46 +442,60 @@ impl Subscriber {
             })
             .collect();
         let mut redo = std::mem::take(&mut self.broken);
-        redo.extend((0..owners.len()).filter(|p| owners[*p] != self.owners[*p] && !self.wanted[*p].is_empty()));
+        redo.extend((0..owners.len()).filter(|p| owners[*p] != self.owners[*p]));
         let masters: BTreeSet<&String> = owners.iter().flatten().collect();
         let counts = join_all(masters.iter().map(|addr| {
             let mut conn = conn.clone();
             async move { (*addr, shard_subscriptions(&mut conn, addr).await) }
         }))
         .await;
+        let mut unreachable = HashSet::new();
         for (addr, count) in counts {
-            let mine: Vec<usize> = (0..owners.len()).filter(|p| owners[*p].as_ref() == Some(addr)).collect();
-            let expected: usize = mine.iter().map(|p| self.wanted[*p].len()).sum();
-            if count != Some(expected) {
-                redo.extend(mine.into_iter().filter(|p| !self.wanted[*p].is_empty()));
+            let mine = (0..owners.len()).filter(|p| owners[*p].as_ref() == Some(addr));
+            let expected: usize = mine.clone().map(|p| self.wanted[p].len()).sum();
+            match count {
+                None => {
+                    unreachable.insert(addr.clone());
+                    redo.extend(mine);
+                }
+                Some(count) if count != expected => redo.extend(mine),
+                Some(_) => {}
             }
         }
+        redo.retain(|p| !self.wanted[*p].is_empty());
+        // Partitions on a master that does not answer, or with no master, wait.
+        let (now, later): (Vec<usize>, Vec<usize>) =
+            redo.into_iter().partition(|p| owners[*p].as_ref().is_some_and(|o| !unreachable.contains(o)));
+        self.broken.extend(later);
         self.owners = owners;
-        if redo.is_empty() && !*first {
-            up.set(1);
-            return Ok(());
-        }
-        let sent = redo.iter().map(|p| {
+        let sent = now.iter().map(|p| {
             let names: Vec<String> = self.wanted[*p].iter().map(|c| self.partitions.name(*c)).collect();
             let mut conn = conn.clone();
             async move { (*p, send(&mut conn, "SSUBSCRIBE", &names).await) }
         });
-        let results = join_all(sent).await;
-        let commands = results.len() as u64;
-        self.broken.extend(results.into_iter().filter(|(_, r)| r.is_err()).map(|(p, _)| p));
-        self.metrics.backplane_resubscribes.inc_by(commands);
+        let mut restored = 0;
+        for (p, result) in join_all(sent).await {
+            match result {
+                Ok(()) => restored += 1,
+                Err(()) => {
+                    self.broken.insert(p);
+                }
+            }
+        }
+        self.metrics.backplane_resubscribes.inc_by(restored);
         self.export_count();
         if !self.broken.is_empty() {
-            // Still repairing: the next check tries again, and `Resynced` waits for it.
             up.set(0);
             return Ok(());
         }
         up.set(1);
         if *first {
             *first = false;
+        } else if restored == 0 {
+            return Ok(());
         } else {
             self.metrics.backplane_reconnects.inc();
-            tracing::info!(partitions = commands, "redis cluster subscriptions restored");
+            tracing::info!(partitions = restored, "redis cluster subscriptions restored");
         }
         self.events.send(Event::Resynced).await.map_err(drop)
     }
@@ -526,7 +549,12 @@ async fn topology(conn: &mut ClusterConnection) -> redis::RedisResult<Vec<(u16, 
 
 /// How many shard channels our connection to the master at `addr` holds (`CLIENT INFO`
 /// runs on the very connection that carries the subscriptions); `None` when unknown.
+///
+/// A master that refuses a TCP connection is not asked: the crate answers a command for a
+/// node it has no connection to by reconnecting to every node afresh, which would drop
+/// every subscription of the healthy masters too.
 async fn shard_subscriptions(conn: &mut ClusterConnection, addr: &str) -> Option<usize> {
+    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
     let (host, port) = addr.rsplit_once(':')?;
     let route = SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port: port.parse().ok()? };
     let info = tokio::time::timeout(

@@ -1,4 +1,4 @@
-//! Request decoding: form-urlencoded (what the original prototype's page sends) or JSON, into one field
+//! Request decoding: form-urlencoded (what an HTML form sends) or JSON, into one field
 //! list that handlers read by name. Unknown fields are ignored; a field given twice with
 //! different values is refused unless it is a list.
 

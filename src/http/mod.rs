@@ -73,7 +73,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, kind: Listener, 
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(conn_state.config.header_read_timeout_ms))
+            .header_read_timeout(conn_state.config.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = stop.clone();

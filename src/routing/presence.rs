@@ -3,7 +3,7 @@
 //! - `presence:{user}` is a hash `{incarnation: 1}` with a field per node incarnation that
 //!   holds a session of the user. A node writes and deletes only its own fields, on its
 //!   hub's 0↔1 edges for the user (the hub counts the sessions), in order, pipelined.
-//! - `alive:{incarnation}` holds the node's name with a TTL of `--presence-ttl-ms`,
+//! - `alive:{incarnation}` holds the node's name with a TTL of `--presence-ttl`,
 //!   refreshed at a third of it. A field whose incarnation has no liveness key is ignored,
 //!   so a crashed node stops receiving traffic within the TTL (plus the cache below) with
 //!   nobody sweeping. Its fields stay behind as garbage, ignored, until the user's hash is
@@ -12,7 +12,7 @@
 //!   same name never edits, erases or revives its previous life's fields.
 //!
 //! Lookups are pipelined (one HKEYS per user not cached, then one EXISTS per incarnation not
-//! cached) and cached for `--presence-cache-ms`. The cache is never invalidated; instead
+//! cached) and cached for `--presence-cache`. The cache is never invalidated; instead
 //! its staleness is bounded and covered: an entry is used at most that long after its
 //! lookup was sent, so a publish made later than that after this node's entry was written
 //! sees it. A session whose presence was just written may have missed publishes routed by

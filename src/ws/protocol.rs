@@ -119,7 +119,7 @@ struct Incoming {
     message_ids: Vec<i64>,
 }
 
-/// Parses a client text frame: the original prototype's plain `heartbeat`, or a JSON object.
+/// Parses a client text frame: the plain `heartbeat` of the first protocol, or a JSON object.
 pub fn parse_client_text(text: &str) -> Result<ClientFrame, ProtocolError> {
     let text = text.trim();
     if text == "heartbeat" {

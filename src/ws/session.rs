@@ -106,7 +106,7 @@ impl Session {
         }
         // The client's heartbeat clock starts at `hello`, so a slow session setup (a storm,
         // a slow backend) is not mistaken for a silent client.
-        let timeout = self.state.config.heartbeat_timeout();
+        let timeout = self.state.config.heartbeat_timeout;
         let silence = tokio::time::sleep(timeout);
         tokio::pin!(silence);
         loop {
@@ -164,8 +164,12 @@ impl Session {
         // `hello` goes out once the session is live: every message published after the
         // client sees it reaches this socket, whatever other sessions of the user do.
         let cfg = &self.state.config;
-        let hello =
-            protocol::hello(self.handle.id, &self.state.node, cfg.heartbeat_interval_ms, cfg.heartbeat_timeout_ms);
+        let hello = protocol::hello(
+            self.handle.id,
+            &self.state.node,
+            u64::try_from(cfg.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+            u64::try_from(cfg.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+        );
         self.send(&hello).await?;
         let behind = self.cursors.behind(&heads);
         self.catch_up(behind).await?;
@@ -239,7 +243,8 @@ impl Session {
     /// sequence numbers (and within the catch-up window), page by page.
     async fn catch_up(&mut self, mut from: Vec<(GroupId, Seq)>) -> Result<(), WebSocketError> {
         let cfg = &self.state.config;
-        let (limit, since) = (cfg.replay_limit, now_ms() - cfg.inbox_ttl as i64 * 1000);
+        let (limit, since) =
+            (cfg.replay_limit, now_ms().saturating_sub(i64::try_from(cfg.inbox_ttl.as_millis()).unwrap_or(i64::MAX)));
         while !from.is_empty() {
             let read = CatchUp { after: from.clone(), since_ms: since, limit };
             let page = match self.state.reads.catch_up(read).await {
@@ -539,6 +544,6 @@ impl Session {
     }
 
     fn write_timeout(&self) -> Duration {
-        Duration::from_millis(self.state.config.write_timeout_ms)
+        self.state.config.write_timeout
     }
 }

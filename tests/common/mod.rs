@@ -2,9 +2,23 @@
 //! database per test, in-process nodes on port 0, and node processes for tests that need a
 //! real process (signals, kill -9).
 //!
-//! Real backends are required when `SWITCHBOARD_TEST_SERVICES=1` (set by `scripts/test`, so
-//! always in CI): then a missing service fails the test. A plain `cargo test` without them
-//! skips those cases with a note instead.
+//! # Which tests run where (contributing note)
+//!
+//! A plain `cargo test` runs the embedded tests (SQLite, the in-process backplane, in-process
+//! nodes) and lists every test that needs a real service or program (MariaDB, Redis, the
+//! MongoDB stand-in, HAProxy, Prometheus, Chromium, `redis-server`/`mariadbd` binaries, ...)
+//! as ignored: each carries `#[ignore = "needs <service>; scripts/test runs it"]`.
+//! `scripts/test` starts the services and runs everything with
+//! `cargo test -- --include-ignored`; ignored tests alone run with a filter, e.g.
+//! `cargo test --test api -- --include-ignored mysql_and_redis::`.
+//!
+//! Inside an ignored test a missing service is a plain failure: the helpers below
+//! ([`mysql_url`], [`redis_url`], [`mongo_url`], [`require`], [`require_program`]) panic with
+//! what is missing. A new test that needs a service gets the `ignore` attribute; one that
+//! covers an embedded backend and a real one is two tests, so the embedded half still runs
+//! under a plain `cargo test`. Prefer one test function per behaviour where setup is cheap
+//! (`tests/api.rs` runs each on both backends); suites with costly or shared setup name their
+//! steps with [`step`] instead, so a failure says which step failed.
 #![allow(dead_code)]
 
 pub mod fleet;
@@ -25,36 +39,44 @@ pub const MYSQL_ROOT: &str = "mysql://root@127.0.0.1:3306";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 pub const MONGO: &str = "mongodb://127.0.0.1:27017";
 
-pub fn services_required() -> bool {
-    std::env::var("SWITCHBOARD_TEST_SERVICES").is_ok_and(|v| v == "1")
-}
-
 fn reachable(addr: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(300)).is_ok()
 }
 
-/// Whether a real service is there; panics when it must be and is not.
-pub fn service(name: &str, addr: &str) -> bool {
-    if reachable(addr) {
-        return true;
-    }
-    assert!(!services_required(), "{name} at {addr} is required (SWITCHBOARD_TEST_SERVICES=1) but not reachable");
-    eprintln!("note: {name} at {addr} not reachable; skipping its cases");
-    false
+/// Fails the test unless the service `name` answers at `addr`.
+pub fn require(name: &str, addr: &str) {
+    assert!(
+        reachable(addr),
+        "{name} at {addr} is not reachable; this test needs it (scripts/services.sh starts it, scripts/test runs it)"
+    );
 }
 
-/// Whether a program is installed; panics when it must be and is not.
-pub fn program(name: &str) -> bool {
+/// Fails the test unless the program `name` is installed.
+pub fn require_program(name: &str) {
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(found || !services_required(), "{name} is required (SWITCHBOARD_TEST_SERVICES=1) but not installed");
-    if !found {
-        eprintln!("note: {name} not installed; skipping its cases");
+    assert!(found, "{name} is not installed; this test needs it (scripts/services.sh installs it)");
+}
+
+/// Runs one named step of a long test: prints the step's name as it starts, and when the
+/// step panics, panics again with the step's name in the message.
+pub async fn step<T>(name: &str, body: impl std::future::Future<Output = T>) -> T {
+    use futures_util::FutureExt;
+    eprintln!("step: {name}");
+    match std::panic::AssertUnwindSafe(body).catch_unwind().await {
+        Ok(value) => value,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("step `{name}` failed: {message}")
+        }
     }
-    found
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -62,17 +84,22 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{:08x}", std::process::id(), rand::rng().random::<u32>())
 }
 
-/// A fresh MySQL database URL, if MariaDB is there.
-pub fn mysql_url() -> Option<String> {
-    service("MariaDB", "127.0.0.1:3306").then(|| format!("{MYSQL_ROOT}/{}", unique("sbtest")))
+/// A fresh MySQL database URL on the shared MariaDB; fails the test when it is not there.
+pub fn mysql_url() -> String {
+    require("MariaDB", "127.0.0.1:3306");
+    format!("{MYSQL_ROOT}/{}", unique("sbtest"))
 }
 
-pub fn redis_url() -> Option<String> {
-    service("Redis", "127.0.0.1:6379").then(|| REDIS.to_owned())
+/// The shared Redis; fails the test when it is not there.
+pub fn redis_url() -> String {
+    require("Redis", "127.0.0.1:6379");
+    REDIS.to_owned()
 }
 
-pub fn mongo_url() -> Option<String> {
-    service("MongoDB stand-in", "127.0.0.1:27017").then(|| format!("{MONGO}/{}", unique("sbtest")))
+/// A fresh database on the shared MongoDB stand-in; fails the test when it is not there.
+pub fn mongo_url() -> String {
+    require("MongoDB stand-in", "127.0.0.1:27017");
+    format!("{MONGO}/{}", unique("sbtest"))
 }
 
 /// A SQLite file URL in a fresh temp dir (kept for the test's life by the returned guard).
@@ -136,7 +163,7 @@ pub async fn embedded(extra: &[&str]) -> Node {
 pub async fn start(args: &[&str]) -> Node {
     // Tests send in bursts; the rate limit has its own tests.
     let mut all =
-        vec!["--node-id", "test", "--drain-timeout", "5", "--send-rate", "1000000", "--send-burst", "1000000"];
+        vec!["--node-id", "test", "--drain-timeout", "5s", "--send-rate", "1000000", "--send-burst", "1000000"];
     all.extend_from_slice(args);
     // Tests share one Redis; a fresh database's name keeps each test's channels apart.
     let db = args.iter().position(|a| *a == "--database-url").and_then(|i| args.get(i + 1));

@@ -1,5 +1,5 @@
-//! A Bloom filter over group ids, for `loadgen fleet`'s evaluation of the original
-//! description's idea: a bit array checked before the exact map of local groups, so that a
+//! A Bloom filter over group ids, for `loadgen fleet`'s evaluation of a common
+//! proposal: a bit array checked before the exact map of local groups, so that a
 //! `broadcast` node would skip the map lookup for most messages it has no session for.
 //! docs/routing.md has the numbers; the node does not use it.
 

@@ -12,6 +12,9 @@
 //!
 //! The parent runs each (mode, nodes) pair in a child process of its own, with a Redis of
 //! its own on `--redis-port`, so CPU from /proc belongs to one run; it prints the table.
+//! `sharded` runs on a Redis Cluster of its own instead (3 masters, 3 replicas, from
+//! `scripts/redis-cluster.sh`, on the six ports from `--redis-port`), and its outage is a
+//! master killed with SIGKILL rather than a restart of the one Redis.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +26,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::RngExt;
 use rand::seq::IndexedRandom;
-use switchboard::backplane::{Backplane, BackplaneError, Channel, Envelope, Event, RedisBackplane};
+use switchboard::backplane::{
+    Backplane, BackplaneError, Channel, Envelope, Event, Partitions, RedisBackplane, RedisClusterBackplane,
+};
 use switchboard::hub::{Hub, Outbound, SessionHandle};
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId, now_us};
@@ -92,7 +97,7 @@ fn parent(opts: &FleetOpts) -> Result<(), String> {
     Ok(())
 }
 
-const COLUMNS: [(&str, &str); 16] = [
+const COLUMNS: [(&str, &str); 19] = [
     ("mode", "mode"),
     ("nodes", "nodes"),
     ("subs_node", "subs/node"),
@@ -109,6 +114,9 @@ const COLUMNS: [(&str, &str); 16] = [
     ("p50_ms", "p50 ms"),
     ("p99_ms", "p99 ms"),
     ("resub_ms", "resubscribe ms"),
+    ("subs_master", "subs/master"),
+    ("resub_cmds", "resub cmds/node"),
+    ("resub_unbatched", "resub cmds/node, one per channel"),
 ];
 
 fn print_table(opts: &FleetOpts, rows: &[HashMap<String, String>]) {
@@ -264,7 +272,7 @@ struct Session {
 async fn start_node(
     mode: Routing,
     i: usize,
-    client: &redis::Client,
+    redis: &Redis,
     world: &Arc<World>,
     cache_ms: u64,
 ) -> Result<SimNode, String> {
@@ -274,7 +282,7 @@ async fn start_node(
     let mut transport = None;
     let setup = Setup {
         mode,
-        redis: Some(client),
+        redis: redis.client(),
         prefix: "fleet:",
         node: &format!("sim{i}"),
         presence: PresenceConfig { ttl: Duration::from_secs(5), cache: Duration::from_millis(cache_ms) },
@@ -282,9 +290,14 @@ async fn start_node(
         metrics: metrics.clone(),
     };
     let routed = routing::build(setup, events_tx, |events| {
-        let redis = RedisBackplane::connect(client.clone(), "fleet:", events, metrics.clone())?;
-        let counted =
-            Arc::new(Counted { inner: Arc::new(redis), subs: AtomicU64::new(0), publishes: AtomicU64::new(0) });
+        let inner: Arc<dyn Backplane> = match redis {
+            Redis::Single(r) => Arc::new(RedisBackplane::connect(r.client.clone(), "fleet:", events, metrics.clone())?),
+            Redis::Cluster(c) => {
+                let partitions = Partitions::new("fleet:", 128);
+                Arc::new(RedisClusterBackplane::connect(&c.urls(), partitions, events, metrics.clone())?)
+            }
+        };
+        let counted = Arc::new(Counted { inner, subs: AtomicU64::new(0), publishes: AtomicU64::new(0) });
         transport = Some(counted.clone());
         Ok(counted as Arc<dyn Backplane>)
     })
@@ -295,7 +308,9 @@ async fn start_node(
     let tap = Arc::new(Tap::default());
     let t = tap.clone();
     // Wrapped payloads carry their logical channel's name and a newline on the wire.
-    let wire_extra = move |c: Channel| if mode == Routing::Group { 0 } else { c.to_string().len() as u64 + 1 };
+    let wire_extra = move |c: Channel| {
+        if matches!(mode, Routing::Group | Routing::Sharded) { 0 } else { c.to_string().len() as u64 + 1 }
+    };
     let record_stream = i == 0 && mode == Routing::Broadcast;
     tokio::spawn(async move {
         while let Some(event) = tapped.recv().await {
@@ -348,31 +363,140 @@ async fn connect(nodes: &Arc<Vec<SimNode>>, n: usize, user: UserId, world: &Worl
     Session { handle, node: n }
 }
 
-/// Redis's counters: INFO fields and command calls.
+/// Redis's counters, summed over the nodes of a cluster: INFO fields, command calls, and
+/// each master's subscription counts from CLIENT LIST.
 struct RedisStats {
+    nodes: Vec<NodeStats>,
+}
+
+struct NodeStats {
     info: HashMap<String, String>,
+    /// Every client's `sub` and `ssub` fields, summed.
+    subs: HashMap<&'static str, u64>,
 }
 
 impl RedisStats {
-    async fn read(conn: &mut redis::aio::MultiplexedConnection) -> Result<RedisStats, String> {
-        let text: String = redis::cmd("INFO").arg("everything").query_async(conn).await.map_err(|e| e.to_string())?;
-        let info =
-            text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_owned(), v.trim().to_owned())).collect();
-        Ok(RedisStats { info })
+    async fn read(ports: &[u16]) -> Result<RedisStats, String> {
+        let mut nodes = Vec::new();
+        for port in ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+            // A killed node has no counters any more.
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
+            let text: String =
+                redis::cmd("INFO").arg("everything").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let info = text
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect();
+            let clients: String =
+                redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let mut subs = HashMap::new();
+            for field in clients.split_ascii_whitespace() {
+                for key in ["sub", "ssub"] {
+                    if let Some(v) = field.strip_prefix(key).and_then(|r| r.strip_prefix('=')) {
+                        *subs.entry(key).or_insert(0) += v.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+            nodes.push(NodeStats { info, subs });
+        }
+        Ok(RedisStats { nodes })
     }
 
     fn num(&self, key: &str) -> f64 {
-        self.info.get(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        self.nodes.iter().filter_map(|n| n.info.get(key)?.parse::<f64>().ok()).sum()
     }
 
     fn calls(&self, cmd: &str) -> f64 {
-        let stat = self.info.get(&format!("cmdstat_{cmd}")).map_or("", String::as_str);
-        stat.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        let calls = |n: &NodeStats| -> Option<f64> {
+            let stat = n.info.get(&format!("cmdstat_{cmd}"))?;
+            stat.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()
+        };
+        self.nodes.iter().filter_map(calls).sum()
+    }
+
+    /// Subscriptions held by each master (the sum of `keys` over its clients).
+    fn per_master(&self, a: &'static str, b: &'static str) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.info.get("role").is_some_and(|r| r == "master"))
+            .map(|n| n.subs.get(a).copied().unwrap_or(0) + n.subs.get(b).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+/// The Redis of one run: a server of its own, or a cluster of its own for `sharded`.
+#[allow(clippy::large_enum_variant, reason = "one per run")]
+enum Redis {
+    Single(RedisProc),
+    Cluster(ClusterProc),
+}
+
+impl Redis {
+    async fn start(mode: Routing, port: u16) -> Result<Redis, String> {
+        Ok(match mode {
+            Routing::Sharded => Redis::Cluster(ClusterProc::start(port)?),
+            _ => Redis::Single(RedisProc::start(port).await?),
+        })
+    }
+
+    /// The presence store's Redis (none on the cluster: `sharded` mode has no presence).
+    fn client(&self) -> Option<&redis::Client> {
+        match self {
+            Redis::Single(r) => Some(&r.client),
+            Redis::Cluster(_) => None,
+        }
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        match self {
+            Redis::Single(r) => vec![r.port],
+            Redis::Cluster(c) => c.ports(),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Redis::Single(r) => vec![r.child.id()],
+            Redis::Cluster(c) => c.ports().iter().filter_map(|p| c.pid(*p)).collect(),
+        }
+    }
+
+    async fn stats(&self) -> Result<RedisStats, String> {
+        RedisStats::read(&self.ports()).await
+    }
+
+    /// Kills Redis (the one server, restarted empty; or the first master, for good) and
+    /// returns how many subscriptions went with it.
+    async fn outage(&mut self) -> Result<u64, String> {
+        let stats = self.stats().await?;
+        match self {
+            Redis::Single(r) => {
+                let lost = stats.per_master("sub", "ssub").iter().sum();
+                r.kill();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                *r = RedisProc::start(r.port).await?;
+                Ok(lost)
+            }
+            Redis::Cluster(c) => {
+                let victim = stats
+                    .nodes
+                    .iter()
+                    .zip(c.ports())
+                    .find(|(n, _)| n.info.get("role").is_some_and(|r| r == "master"))
+                    .map(|(n, port)| (n.subs.get("ssub").copied().unwrap_or(0), port));
+                let (lost, port) = victim.ok_or("no master in the cluster")?;
+                c.kill(port);
+                Ok(lost)
+            }
+        }
     }
 }
 
 struct RedisProc {
     port: u16,
+    client: redis::Client,
     child: Child,
     dir: String,
 }
@@ -387,9 +511,10 @@ impl RedisProc {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server: {e}"))?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(RedisProc { port, child, dir });
+                return Ok(RedisProc { port, client, child, dir });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -409,15 +534,61 @@ impl Drop for RedisProc {
     }
 }
 
+/// A Redis Cluster of 3 masters and 3 replicas on `port..port + 6`.
+struct ClusterProc {
+    port: u16,
+    dir: String,
+}
+
+const CLUSTER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh");
+
+impl ClusterProc {
+    fn start(port: u16) -> Result<ClusterProc, String> {
+        let dir = format!("{}/loadgen-fleet-cluster-{port}", std::env::temp_dir().display());
+        let _ = std::fs::remove_dir_all(&dir);
+        let cluster = ClusterProc { port, dir };
+        let status = Command::new(CLUSTER_SCRIPT)
+            .args(["start", &cluster.dir, &port.to_string()])
+            .status()
+            .map_err(|e| format!("{CLUSTER_SCRIPT}: {e}"))?;
+        if !status.success() {
+            return Err("the Redis Cluster did not start".into());
+        }
+        Ok(cluster)
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        (self.port..self.port + 6).collect()
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports().iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    fn pid(&self, port: u16) -> Option<u32> {
+        std::fs::read_to_string(format!("{}/{port}/redis.pid", self.dir)).ok()?.trim().parse().ok()
+    }
+
+    fn kill(&self, port: u16) {
+        if let Some(pid) = self.pid(port) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+impl Drop for ClusterProc {
+    fn drop(&mut self) {
+        let _ = Command::new(CLUSTER_SCRIPT).args(["stop", &self.dir]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, String> {
-    let mut redis = RedisProc::start(opts.redis_port).await?;
-    let url = format!("redis://127.0.0.1:{}", opts.redis_port);
-    let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-    let mut admin = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+    let mut redis = Redis::start(mode, opts.redis_port).await?;
     let world = Arc::new(World::generate(opts.users));
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
-        nodes.push(start_node(mode, i, &client, &world, opts.presence_cache_ms).await?);
+        nodes.push(start_node(mode, i, &redis, &world, opts.presence_cache_ms).await?);
     }
     let nodes = Arc::new(nodes);
     let deliveries = Arc::new(Deliveries::default());
@@ -445,9 +616,10 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
     // Presence caches and catch-ups of the placement settle.
     tokio::time::sleep(Duration::from_millis(opts.presence_cache_ms + 1500)).await;
 
-    let before = RedisStats::read(&mut admin).await?;
-    let redis_pid = redis.child.id();
-    let (redis_cpu0, node_cpu0) = (cpu_of(redis_pid).unwrap_or(0.0), cpu_of(std::process::id()).unwrap_or(0.0));
+    let before = redis.stats().await?;
+    let redis_pids = redis.pids();
+    let redis_cpu_now = || redis_pids.iter().filter_map(|p| cpu_of(*p)).sum::<f64>();
+    let (redis_cpu0, node_cpu0) = (redis_cpu_now(), cpu_of(std::process::id()).unwrap_or(0.0));
     let snapshot = |nodes: &[SimNode]| -> (u64, u64, u64, u64) {
         nodes.iter().fold((0, 0, 0, 0), |acc, s| {
             (
@@ -528,8 +700,8 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
     tokio::time::sleep(Duration::from_millis(500)).await;
     let secs = started.elapsed().as_secs_f64();
     let end = snapshot(&nodes);
-    let after = RedisStats::read(&mut admin).await?;
-    let redis_cpu = cpu_of(redis_pid).unwrap_or(0.0) - redis_cpu0;
+    let after = redis.stats().await?;
+    let redis_cpu = redis_cpu_now() - redis_cpu0;
     let node_cpu = cpu_of(std::process::id()).unwrap_or(0.0) - node_cpu0;
     let delivered = deliveries.count.load(Ordering::Relaxed) - delivered0;
     let useful: u64 = nodes.iter().map(|s| s.tap.useful.lock().map_or(0, |u| u.len() as u64)).sum();
@@ -540,12 +712,15 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
     let expected = expected.load(Ordering::Relaxed);
     let per_delivery = |cpu: f64| if delivered == 0 { 0.0 } else { cpu * 1e6 / delivered as f64 };
 
-    let resub_ms = resubscribe_time(&mut redis, &nodes).await?;
+    let subs_master = after.per_master("sub", "ssub").iter().map(u64::to_string).collect::<Vec<_>>().join("/");
+    let resubs0: u64 = nodes.iter().map(|s| s.metrics.backplane_resubscribes.get()).sum();
+    let (resub_ms, lost_channels) = resubscribe_time(&mut redis, &nodes).await?;
+    let resubs = nodes.iter().map(|s| s.metrics.backplane_resubscribes.get()).sum::<u64>() - resubs0;
     let mut row = vec![
         ("mode", mode.name().to_owned()),
         ("nodes", n.to_string()),
         ("subs_node", format!("{subs_node:.1}")),
-        ("redis_channels", format!("{}", after.num("pubsub_channels"))),
+        ("redis_channels", format!("{}", after.num("pubsub_channels") + after.num("pubsub_shardchannels"))),
         ("sub_s", format!("{:.1}", (end.2 - start.2) as f64 / secs)),
         ("recv_node_s", format!("{:.1}", received / n as f64 / secs)),
         ("kb_node_s", format!("{:.2}", (end.1 - start.1) as f64 / 1024.0 / n as f64 / secs)),
@@ -564,6 +739,9 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
         ("p50_ms", format!("{:.2}", ms(deliveries.latency.quantile(0.5)))),
         ("p99_ms", format!("{:.2}", ms(deliveries.latency.quantile(0.99)))),
         ("resub_ms", resub_ms.map_or("timeout".to_owned(), |t| t.to_string())),
+        ("subs_master", subs_master),
+        ("resub_cmds", format!("{:.1}", resubs as f64 / n as f64)),
+        ("resub_unbatched", format!("{:.1}", lost_channels as f64 / n as f64)),
         ("delivered", delivered.to_string()),
         ("expected", expected.to_string()),
         ("delivered_pct", format!("{:.2}", 100.0 * delivered as f64 / expected.max(1) as f64)),
@@ -632,21 +810,22 @@ async fn churn_loop(
     }
 }
 
-/// Kills Redis, starts it again empty, and times how long until every node has
-/// resubscribed (and, in node mode, written its presence again): its hub heard `Resynced`.
-async fn resubscribe_time(redis: &mut RedisProc, nodes: &[SimNode]) -> Result<Option<u64>, String> {
+/// Takes Redis away and times how long until every node has resubscribed (and, in node
+/// mode, written its presence again): its hub heard `Resynced`. One Redis is killed and
+/// started again empty; on the cluster one master is killed and its replica takes over.
+/// Also returns the subscriptions the outage cost (what one command per channel would
+/// have to restore).
+async fn resubscribe_time(redis: &mut Redis, nodes: &[SimNode]) -> Result<(Option<u64>, u64), String> {
     let before: Vec<u64> = nodes.iter().map(|s| s.tap.resyncs.load(Ordering::Relaxed)).collect();
-    redis.kill();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    *redis = RedisProc::start(redis.port).await?;
+    let lost = redis.outage().await?;
     let restarted = Instant::now();
     while restarted.elapsed() < Duration::from_secs(60) {
         if nodes.iter().zip(&before).all(|(s, b)| s.tap.resyncs.load(Ordering::Relaxed) > *b) {
-            return Ok(Some(restarted.elapsed().as_millis() as u64));
+            return Ok((Some(restarted.elapsed().as_millis() as u64), lost));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(None)
+    Ok((None, lost))
 }
 
 /// Parses `group,node` into modes.

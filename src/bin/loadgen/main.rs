@@ -175,8 +175,8 @@ enum Cmd {
     },
     /// Routing modes compared on simulated nodes sharing one real Redis (docs/routing.md).
     Fleet {
-        /// Routing modes, comma-separated.
-        #[arg(long, default_value = "group,node,broadcast", value_parser = fleet::parse_modes)]
+        /// Routing modes, comma-separated (`sharded` runs on a Redis Cluster of its own).
+        #[arg(long, default_value = "group,node,broadcast,sharded", value_parser = fleet::parse_modes)]
         modes: std::vec::Vec<switchboard::routing::Routing>,
         /// Fleet sizes, comma-separated; each is run in every mode.
         #[arg(long, default_value = "10,50,200", value_parser = fleet::parse_counts)]
@@ -199,10 +199,11 @@ enum Cmd {
         /// Message frame size in bytes.
         #[arg(long, default_value_t = 200)]
         payload: usize,
-        /// Port of the private Redis each run starts (and restarts).
+        /// Port of the private Redis each run starts (and restarts); `sharded` runs start a
+        /// cluster on this port and the next five.
         #[arg(long, default_value_t = 6390)]
         redis_port: u16,
-        /// `--presence-cache-ms` of the simulated nodes.
+        /// `--presence-cache` of the simulated nodes, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         presence_cache_ms: u64,
         /// Seconds between progress lines on stderr (0: none).
