@@ -52,6 +52,31 @@ async fn fleet_with(extra: &[&str]) -> Fleet {
     Fleet { db, redis, mongo, nodes }
 }
 
+/// Two node processes on a private MariaDB (which also holds the inbox) and a 3-server
+/// NATS cluster; each node is given every server (NATS_URL is the list) and picks one.
+struct NatsFleet {
+    _db: Service,
+    cluster: services::NatsCluster,
+    nodes: Vec<Proc>,
+}
+
+async fn nats_fleet() -> NatsFleet {
+    for program in ["mariadb-install-db", "nats-server"] {
+        common::require_program(program);
+    }
+    let cluster = services::nats_cluster(3).await;
+    let db = services::mariadb().await;
+    let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
+    let env = vec![("DATABASE_URL".to_owned(), database), ("NATS_URL".to_owned(), cluster.urls())];
+    let mut nodes = Vec::new();
+    for name in ["f1", "f2"] {
+        let mut node = Proc::spawn(&["--node-id".to_owned(), name.to_owned()], &env);
+        node.ready().await;
+        nodes.push(node);
+    }
+    NatsFleet { _db: db, cluster, nodes }
+}
+
 impl Fleet {
     fn addrs(&self) -> Vec<std::net::SocketAddr> {
         self.nodes.iter().map(|n| n.addr).collect()
@@ -251,4 +276,39 @@ async fn a_redis_cluster_master_killed_under_traffic_fails_over_and_loses_nothin
 
 async fn metric(node: &Proc, name: &str) -> f64 {
     common::fleet::metric(node.admin, name, "").await.unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// The NATS backplane (docs/routing.md): under traffic between two nodes, the NATS server
+/// holding the most node connections is killed with SIGKILL; those nodes move to another
+/// server of the cluster and resync. The server comes back, another one is killed, the
+/// nodes move again, and the checker reports 0 lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and mariadbd; scripts/test runs it"]
+async fn a_nats_server_killed_with_sigkill_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let NatsFleet { _db, mut cluster, nodes } = nats_fleet().await;
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cluster.clients_named("switchboard").await;
+    assert_eq!(before.iter().sum::<usize>(), 2, "each node holds one NATS connection: {before:?}");
+    let victim = (0..before.len()).max_by_key(|&i| before[i]).expect("a server");
+    cluster.kill(victim);
+    let accepted = w.checker.report().accepted;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.clients_named("switchboard").await;
+    println!("nats kill: node connections per server {before:?} -> {after:?} (killed server {victim})");
+    assert_eq!(after.iter().sum::<usize>(), 2, "the nodes did not move to the other servers: {after:?}");
+    assert!(w.checker.report().accepted > accepted + 10, "sends stalled after the NATS server died");
+    // The dead server comes back and rejoins; then the server holding the most node
+    // connections dies too: the nodes move once more.
+    cluster.restart(victim).await;
+    let before = cluster.clients_named("switchboard").await;
+    let second = (0..before.len()).max_by_key(|&i| before[i]).expect("a server");
+    cluster.kill(second);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.clients_named("switchboard").await;
+    println!("nats kill again: {before:?} -> {after:?} (killed server {second})");
+    assert_eq!(after.iter().sum::<usize>(), 2, "the nodes did not move again: {after:?}");
+    verdict("kill -9 NATS server, twice", w).await;
 }

@@ -36,7 +36,8 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::wishes::{self, IO_TIMEOUT, Wish, Wishes};
+use super::redis::{IO_TIMEOUT, ping};
+use super::wanted::{Command, Commands};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
@@ -123,7 +124,7 @@ pub struct RedisClusterBackplane {
     metrics: Arc<Metrics>,
     /// The cluster connection once the first connect succeeded.
     conn: watch::Receiver<Option<ClusterConnection>>,
-    commands: Wishes,
+    commands: Commands,
     stop: CancellationToken,
 }
 
@@ -146,7 +147,7 @@ impl RedisClusterBackplane {
             .retries(2)
             .build()?;
         let (conn_tx, conn) = watch::channel(None);
-        let (commands, rx) = Wishes::new();
+        let (commands, rx) = Commands::channel();
         let stop = CancellationToken::new();
         let subscriber = Subscriber {
             partitions: partitions.clone(),
@@ -207,7 +208,7 @@ impl Backplane for RedisClusterBackplane {
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        wishes::ping(&mut self.connection()?).await
+        ping(&mut self.connection()?).await
     }
 }
 
@@ -230,7 +231,7 @@ impl Subscriber {
         mut self,
         client: ClusterClient,
         conn_tx: watch::Sender<Option<ClusterConnection>>,
-        mut commands: mpsc::UnboundedReceiver<Wish>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
         mut pushes: mpsc::UnboundedReceiver<PushInfo>,
         stop: CancellationToken,
     ) {
@@ -338,17 +339,17 @@ impl Subscriber {
         }
     }
 
-    fn apply_offline(&mut self, cmd: Wish) {
+    fn apply_offline(&mut self, cmd: Command) {
         match cmd {
-            Wish::Subscribe(c) => {
+            Command::Subscribe(c) => {
                 let p = self.partitions.of(c);
                 self.wanted[p].insert(c);
             }
-            Wish::Unsubscribe(c) => {
+            Command::Unsubscribe(c) => {
                 let p = self.partitions.of(c);
                 self.wanted[p].remove(&c);
             }
-            Wish::Barrier(done) => {
+            Command::Barrier(done) => {
                 let _ = done.send(());
             }
         }
@@ -358,26 +359,26 @@ impl Subscriber {
     /// one SSUBSCRIBE per partition, all in flight at once. A partition whose command fails
     /// goes to the watcher, which resubscribes it and then emits `Resynced`, so a barrier
     /// may be released early only when a `Resynced` will follow.
-    async fn apply_online(&mut self, conn: &mut ClusterConnection, batch: Vec<Wish>) {
+    async fn apply_online(&mut self, conn: &mut ClusterConnection, batch: Vec<Command>) {
         let mut subs: HashMap<usize, Vec<Channel>> = HashMap::new();
         let mut unsubs: HashMap<usize, Vec<Channel>> = HashMap::new();
         for cmd in batch {
             match cmd {
-                Wish::Subscribe(c) => {
+                Command::Subscribe(c) => {
                     let p = self.partitions.of(c);
                     unsubs.entry(p).or_default().retain(|x| *x != c);
                     if self.wanted[p].insert(c) {
                         subs.entry(p).or_default().push(c);
                     }
                 }
-                Wish::Unsubscribe(c) => {
+                Command::Unsubscribe(c) => {
                     let p = self.partitions.of(c);
                     subs.entry(p).or_default().retain(|x| *x != c);
                     if self.wanted[p].remove(&c) {
                         unsubs.entry(p).or_default().push(c);
                     }
                 }
-                Wish::Barrier(done) => {
+                Command::Barrier(done) => {
                     self.flush(conn, std::mem::take(&mut subs), std::mem::take(&mut unsubs)).await;
                     let _ = done.send(());
                 }

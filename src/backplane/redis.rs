@@ -4,7 +4,6 @@
 //! and after a lost connection reconnects with backoff, subscribes the whole set again and
 //! emits [`Event::Resynced`].
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::wishes::{self, IO_TIMEOUT, Wish, Wishes};
+use super::wanted::{Command, Commands, Wanted};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
@@ -44,7 +43,7 @@ pub struct RedisBackplane {
     names: Names,
     metrics: Arc<Metrics>,
     publisher: ConnectionManager,
-    commands: Wishes,
+    commands: Commands,
     stop: CancellationToken,
 }
 
@@ -64,11 +63,11 @@ impl RedisBackplane {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        let (commands, rx) = Wishes::new();
+        let (commands, rx) = Commands::channel();
         let stop = CancellationToken::new();
         let names = Names { prefix: prefix.into() };
         let subscriber =
-            Subscriber { client, names: names.clone(), events, metrics: metrics.clone(), wanted: HashSet::new() };
+            Subscriber { client, names: names.clone(), events, metrics: metrics.clone(), wanted: Wanted::default() };
         tokio::spawn(subscriber.run(rx, stop.clone()));
         Ok(Self { names, metrics, publisher, commands, stop })
     }
@@ -111,7 +110,7 @@ impl Backplane for RedisBackplane {
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        wishes::ping(&mut self.publisher.clone()).await
+        ping(&mut self.publisher.clone()).await
     }
 }
 
@@ -121,11 +120,11 @@ struct Subscriber {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     /// Every channel this node wants, whether or not Redis currently has it.
-    wanted: HashSet<Channel>,
+    wanted: Wanted,
 }
 
 impl Subscriber {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Wish>, stop: CancellationToken) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
         let mut failures = 0;
         let mut connected_before = false;
         loop {
@@ -149,7 +148,7 @@ impl Subscriber {
                             () = &mut deadline => break,
                             () = stop.cancelled() => return,
                             cmd = commands.recv() => match cmd {
-                                Some(cmd) => self.apply_offline(cmd),
+                                Some(cmd) => self.wanted.apply_offline(cmd),
                                 None => return,
                             },
                         }
@@ -158,7 +157,7 @@ impl Subscriber {
                     continue;
                 }
             };
-            let all: Vec<String> = self.wanted.iter().map(|c| self.names.name(*c)).collect();
+            let all: Vec<String> = self.wanted.iter().map(|c| self.names.name(c)).collect();
             if !all.is_empty() && subscribe_all(&mut sink, &all).await.is_err() {
                 continue;
             }
@@ -214,46 +213,26 @@ impl Subscriber {
         }
     }
 
-    /// While disconnected: remember the wish and release barriers at once (the resubscribe
-    /// on reconnect covers them, followed by `Resynced`).
-    fn apply_offline(&mut self, cmd: Wish) {
-        match cmd {
-            Wish::Subscribe(c) => {
-                self.wanted.insert(c);
-            }
-            Wish::Unsubscribe(c) => {
-                self.wanted.remove(&c);
-            }
-            Wish::Barrier(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-
     /// Applies a batch in order with one SUBSCRIBE and one UNSUBSCRIBE per run of commands.
     /// Barriers are released after everything before them is confirmed.
-    async fn apply_online(&mut self, sink: &mut PubSubSink, batch: Vec<Wish>) -> Result<(), ()> {
+    async fn apply_online(&mut self, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), ()> {
         let mut subs: Vec<String> = Vec::new();
         let mut unsubs: Vec<String> = Vec::new();
         let mut barriers = Vec::new();
         let mut failed = false;
         for cmd in batch {
-            match cmd {
-                Wish::Subscribe(c) => {
+            match self.wanted.apply(cmd) {
+                Ok((c, changed)) => {
+                    // The last wish for a channel wins within the batch.
                     let name = self.names.name(c);
-                    unsubs.retain(|n| *n != name);
-                    if self.wanted.insert(c) {
-                        subs.push(name);
+                    let (to, from) =
+                        if self.wanted.contains(&c) { (&mut subs, &mut unsubs) } else { (&mut unsubs, &mut subs) };
+                    from.retain(|n| *n != name);
+                    if changed {
+                        to.push(name);
                     }
                 }
-                Wish::Unsubscribe(c) => {
-                    let name = self.names.name(c);
-                    subs.retain(|n| *n != name);
-                    if self.wanted.remove(&c) {
-                        unsubs.push(name);
-                    }
-                }
-                Wish::Barrier(done) => {
+                Err(done) => {
                     if !failed {
                         failed = self.flush(sink, &mut subs, &mut unsubs).await.is_err();
                     }
@@ -310,3 +289,14 @@ const RECONNECT: crate::backoff::Backoff = crate::backoff::Backoff {
     cap: Duration::from_secs(5),
     jitter: crate::backoff::Jitter::Percent(50),
 };
+
+/// Bound on one round trip to the backplane's server; a dead server must not hang a request.
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `PING` on a Redis connection within [`IO_TIMEOUT`].
+pub(super) async fn ping<C: redis::aio::ConnectionLike + Send>(conn: &mut C) -> Result<(), BackplaneError> {
+    match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(conn)).await {
+        Ok(res) => res.map(|_| ()).map_err(Into::into),
+        Err(_) => Err(BackplaneError::Timeout),
+    }
+}

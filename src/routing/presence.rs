@@ -73,6 +73,10 @@ enum Op {
     Barrier(oneshot::Sender<()>),
     /// Write every wanted field again (Redis may have restarted empty).
     Again(oneshot::Sender<()>),
+    /// Redis lost (or may lack) this node's entries: the liveness key was found gone, or a
+    /// write failed. Write them again, then catch the users up (publishes were routed past
+    /// them meanwhile).
+    Lost,
 }
 
 pub struct Presence {
@@ -124,7 +128,7 @@ impl Presence {
             dirty: false,
         };
         tokio::spawn(writer.run(rx, stop.clone()));
-        tokio::spawn(liveness.refresh(conn.clone(), stop.clone()));
+        tokio::spawn(liveness.refresh(conn.clone(), ops.clone(), stop.clone()));
         tracing::info!(incarnation, node, "presence incarnation");
         Ok(Arc::new(Self {
             conn,
@@ -305,14 +309,33 @@ impl Liveness {
         redis::cmd("SET").arg(&self.key).arg(&self.node).arg("PX").arg(self.ttl.as_millis() as u64).to_owned()
     }
 
-    /// Keeps the key set, at a third of its TTL, until stopped.
-    async fn refresh(self, mut conn: ConnectionManager, stop: CancellationToken) {
+    /// Keeps the key set, at a third of its TTL, until stopped. A refresh that finds the key
+    /// gone (Redis restarted, or was out of reach past the TTL) has the writer write every
+    /// entry again: a presence Redis that is not the backplane's restarts unnoticed otherwise.
+    async fn refresh(self, mut conn: ConnectionManager, ops: mpsc::UnboundedSender<Op>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.ttl / 3);
+        let mut set_before = false;
+        // `SET … GET` needs Redis 6.2; an older one gets the plain SET (and no detection).
+        let mut with_get = true;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Ok(Err(e)) = tokio::time::timeout(IO_TIMEOUT, self.set().query_async::<()>(&mut conn)).await {
-                        tracing::warn!(error = %e, "presence liveness refresh failed");
+                    let set = if with_get { self.set().arg("GET").to_owned() } else { self.set() };
+                    match tokio::time::timeout(IO_TIMEOUT, set.query_async::<redis::Value>(&mut conn)).await {
+                        Ok(Ok(previous)) => {
+                            if with_get && previous == redis::Value::Nil && set_before {
+                                tracing::warn!("presence liveness key was gone; writing this node's presence again");
+                                let _ = ops.send(Op::Lost);
+                            }
+                            set_before = true;
+                        }
+                        Ok(Err(e)) if with_get && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+                            tracing::warn!(error = %e, "this Redis has no SET … GET; presence loss is noticed on failed writes only");
+                            with_get = false;
+                            tick.reset_immediately();
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "presence liveness refresh failed"),
+                        Err(_) => tracing::warn!("presence liveness refresh timed out"),
                     }
                 }
                 () = stop.cancelled() => return,
@@ -349,12 +372,7 @@ impl Writer {
                     None => return,
                 },
                 () = tokio::time::sleep(Duration::from_secs(1)), if retry => {
-                    self.apply(vec![Op::Again(oneshot::channel().0)]).await;
-                    if !self.dirty {
-                        // Publishes routed past this node meanwhile are in the store.
-                        let users = self.wanted.iter().copied().collect();
-                        let _ = self.events.send(Event::CatchUp(users)).await;
-                    }
+                    self.apply(vec![Op::Lost]).await;
                     continue;
                 }
                 () = stop.cancelled() => return,
@@ -371,6 +389,7 @@ impl Writer {
         let field = self.incarnation;
         let mut pipe = redis::pipe();
         let (mut arrived, mut left, mut waiting, mut again) = (Vec::new(), Vec::new(), Vec::new(), false);
+        let mut lost = false;
         for op in batch {
             match op {
                 Op::Arrive(u) => {
@@ -386,6 +405,10 @@ impl Writer {
                     }
                 }
                 Op::Barrier(done) => waiting.push(done),
+                Op::Lost => {
+                    again = true;
+                    lost = true;
+                }
                 Op::Again(done) => {
                     again = true;
                     waiting.push(done);
@@ -403,6 +426,11 @@ impl Writer {
         }
         for done in waiting {
             let _ = done.send(());
+        }
+        if lost && !self.dirty {
+            // Publishes routed past this node while its entries were gone are in the store.
+            let users = self.wanted.iter().copied().collect();
+            let _ = self.events.send(Event::CatchUp(users)).await;
         }
         if (written || again)
             && !arrived.is_empty()
