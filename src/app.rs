@@ -90,7 +90,7 @@ impl App {
         };
         let cluster = match config.redis_cluster_urls.as_slice() {
             [] => None,
-            urls => Some(redis::cluster::ClusterClient::new(urls.to_vec()).map_err(BackplaneError::from)?),
+            urls => Some(trust.redis_cluster(urls).and_then(|b| b.build()).map_err(BackplaneError::from)?),
         };
         let prefix = config.channel_prefix.clone();
         let mut agreeing = None;
@@ -117,7 +117,7 @@ impl App {
                 None if !config.redis_cluster_urls.is_empty() => {
                     let partitions = Partitions::new(&prefix, config.shard_partitions);
                     Arc::new(RedisClusterBackplane::connect(
-                        &config.redis_cluster_urls,
+                        trust.redis_cluster(&config.redis_cluster_urls)?,
                         partitions,
                         events,
                         metrics.clone(),

@@ -72,6 +72,19 @@ impl Trust {
         }
     }
 
+    /// A Redis Cluster client builder for `redis://` or `rediss://` node URLs, with the same
+    /// trust as [`Trust::redis_client`].
+    pub fn redis_cluster(&self, urls: &[String]) -> redis::RedisResult<redis::cluster::ClusterClientBuilder> {
+        let builder = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str));
+        match &self.extra {
+            Some(extra) if urls.iter().any(|u| u.starts_with("rediss://")) => {
+                let root_cert = Some(self.bundle(extra).map_err(redis::RedisError::from)?);
+                Ok(builder.certs(redis::TlsCertificates { client_tls: None, root_cert }))
+            }
+            _ => Ok(builder),
+        }
+    }
+
     /// Points a TLS-enabled MongoDB client at the system roots plus the extra CA, unless its
     /// URL names a `tlsCAFile` itself. The driver reads a CA only from a file, once, when
     /// the client is built: the returned guard holds that file and removes it when dropped,

@@ -309,7 +309,8 @@ fn cluster_node(urls: &[String]) -> Node {
     routed(Routing::Sharded, None, |tx| {
         let partitions = Partitions::new("conformance:", 128);
         let metrics = Arc::new(Metrics::new("t"));
-        Arc::new(RedisClusterBackplane::connect(urls, partitions, tx, metrics).expect("cluster backplane"))
+        let cluster = redis::cluster::ClusterClient::builder(urls.to_vec());
+        Arc::new(RedisClusterBackplane::connect(cluster, partitions, tx, metrics).expect("cluster backplane"))
     })
 }
 

@@ -129,17 +129,18 @@ pub struct RedisClusterBackplane {
 }
 
 impl RedisClusterBackplane {
-    /// Starts the subscriber task on the cluster reachable at `urls` (any of its nodes).
+    /// Starts the subscriber task on the cluster `cluster` reaches (its node URLs and TLS
+    /// trust; the connection settings are added here).
     /// Does not wait for the cluster: a node can start while it is down and catches up
     /// (`Resynced`) when it comes.
     pub fn connect(
-        urls: &[String],
+        cluster: redis::cluster::ClusterClientBuilder,
         partitions: Partitions,
         events: mpsc::Sender<Event>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BackplaneError> {
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let client = ClusterClient::builder(urls.iter().map(String::as_str))
+        let client = cluster
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push_tx)
             .connection_timeout(IO_TIMEOUT)

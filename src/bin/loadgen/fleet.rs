@@ -294,7 +294,8 @@ async fn start_node(
             Redis::Single(r) => Arc::new(RedisBackplane::connect(r.client.clone(), "fleet:", events, metrics.clone())?),
             Redis::Cluster(c) => {
                 let partitions = Partitions::new("fleet:", 128);
-                Arc::new(RedisClusterBackplane::connect(&c.urls(), partitions, events, metrics.clone())?)
+                let cluster = redis::cluster::ClusterClient::builder(c.urls());
+                Arc::new(RedisClusterBackplane::connect(cluster, partitions, events, metrics.clone())?)
             }
         };
         let counted = Arc::new(Counted { inner, subs: AtomicU64::new(0), publishes: AtomicU64::new(0) });
