@@ -93,9 +93,9 @@ impl App {
             (None, Some(client)) => Some(Keyspace::Cluster(client)),
             (None, None) => None,
         };
-        if let Some(keys) = keyspace {
-            routing::agree(&keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
-            let keep = routing::keep_agreeing(keys, prefix.clone(), config.routing);
+        if let Some(keys) = &keyspace {
+            routing::agree(keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
+            let keep = routing::keep_agreeing(keys.clone(), prefix.clone(), config.routing);
             agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
         }
         // The transport: Redis pub/sub, a Redis Cluster's sharded pub/sub, or the in-process
@@ -117,7 +117,7 @@ impl App {
         };
         let setup = routing::Setup {
             mode: config.routing,
-            redis: redis.as_ref(),
+            redis: keyspace.as_ref(),
             prefix: &prefix,
             node: &node,
             presence: config.presence(),

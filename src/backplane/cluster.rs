@@ -109,7 +109,12 @@ impl Partitions {
     }
 
     pub fn name(&self, channel: Channel) -> String {
-        format!("{}{{{}}}{channel}", self.prefix, self.tags[self.of(channel)].0)
+        self.tagged(self.of(channel), channel)
+    }
+
+    /// A name in partition `p`: prefix, the partition's hash tag, then `name`.
+    pub fn tagged(&self, p: usize, name: impl std::fmt::Display) -> String {
+        format!("{}{{{}}}{name}", self.prefix, self.tags[p].0)
     }
 
     pub fn parse(&self, name: &[u8]) -> Option<Channel> {
