@@ -1,7 +1,8 @@
 //! One `Backplane` conformance suite, run in every routing mode (docs/routing.md) against
-//! the in-process backplane (two nodes on one bus) and Redis (two nodes on one server); plus
-//! recovery after the pub/sub connection is killed, and in `node` mode after Redis restarts
-//! empty.
+//! the in-process backplane (two nodes on one bus), Redis (two nodes on one server) and a
+//! Redis Cluster (`sharded` and `node` mode); plus recovery after the pub/sub connection is
+//! killed, in `node` mode after Redis restarts empty, and on the cluster after a master
+//! fails over (in `node` mode with the presence store lost).
 //!
 //! What a node asks for it gets, once per publish and in order, in every mode. `group` and
 //! `node` mode are also exact (a node gets nothing it did not ask for); `broadcast` is not,
@@ -21,7 +22,7 @@ use switchboard::backplane::{
 };
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};
-use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
+use switchboard::routing::{self, Directory, Keyspace, PresenceConfig, Routing, Setup};
 use tokio::sync::mpsc;
 
 type Node = (Arc<dyn Backplane>, mpsc::Receiver<Event>);
@@ -136,30 +137,38 @@ impl Directory for Mirror {
     }
 }
 
-/// Puts a node of `mode` on a transport built by `connect` for the events it is given.
-fn routed(mode: Routing, url: Option<&str>, connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>) -> Node {
-    routed_with(mode, url, Duration::ZERO, connect)
+/// Puts a node of `mode` on a transport built by `connect` for the events it is given; its
+/// presence store (`node` mode) in `keys`.
+fn routed(
+    mode: Routing,
+    keys: Option<Keyspace>,
+    connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>,
+) -> Node {
+    let (routed, rx) = routed_with(mode, keys, Duration::ZERO, connect);
+    (routed.backplane, rx)
 }
 
 fn routed_with(
     mode: Routing,
-    url: Option<&str>,
+    keys: Option<Keyspace>,
     cache: Duration,
     connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>,
-) -> Node {
+) -> (routing::Routed, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(1024);
-    let client = url.map(|url| redis::Client::open(url).expect("redis url"));
     let setup = Setup {
         mode,
-        redis: client.as_ref(),
+        redis: keys.as_ref(),
         prefix: "conformance:",
         node: "n",
         presence: PresenceConfig { ttl: Duration::from_secs(2), cache },
         directory: Arc::new(Mirror),
         metrics: Arc::new(Metrics::new("t")),
     };
-    let routed = routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane");
-    (routed.backplane, rx)
+    (routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane"), rx)
+}
+
+fn single(url: &str) -> Option<Keyspace> {
+    Some(Keyspace::Redis(redis::Client::open(url).expect("redis url")))
 }
 
 fn memory_pair(mode: Routing) -> (Node, Node) {
@@ -175,7 +184,7 @@ fn redis_transport(url: &str, events: mpsc::Sender<Event>) -> Arc<dyn Backplane>
 }
 
 fn redis_node(mode: Routing, url: &str) -> Node {
-    routed(mode, Some(url), |tx| redis_transport(url, tx))
+    routed(mode, single(url), |tx| redis_transport(url, tx))
 }
 
 #[tokio::test]
@@ -280,7 +289,8 @@ async fn node_mode_writes_its_presence_again_after_a_redis_restart() {
 async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     let url = common::redis_url();
     let cache = Duration::from_millis(300);
-    let (b, mut rx) = routed_with(Routing::Node, Some(&url), cache, |tx| redis_transport(&url, tx));
+    let (b, mut rx) = routed_with(Routing::Node, single(&url), cache, |tx| redis_transport(&url, tx));
+    let b = b.backplane;
     let user = random_id();
     let started = tokio::time::Instant::now();
     b.subscribe(Channel::User(user));
@@ -298,28 +308,77 @@ async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     assert!(started.elapsed() >= cache, "caught up before the cache expired");
 }
 
-fn cluster_node(urls: &[String]) -> Node {
-    routed(Routing::Sharded, None, |tx| {
-        let partitions = Partitions::new("conformance:", 128);
+const CLUSTER_PARTITIONS: u16 = 128;
+
+/// A node of `mode` (`sharded` or `node`) on the cluster reachable at `urls`, and its node
+/// channel in `node` mode.
+fn cluster_node(mode: Routing, urls: &[String]) -> (Node, Option<Channel>) {
+    let keys = Keyspace::Cluster(redis::cluster::ClusterClient::new(urls.to_vec()).expect("cluster client"));
+    let (routed, rx) = routed_with(mode, Some(keys), Duration::ZERO, |tx| {
+        let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
         let metrics = Arc::new(Metrics::new("t"));
         Arc::new(RedisClusterBackplane::connect(urls, partitions, tx, metrics).expect("cluster backplane"))
-    })
+    });
+    let channel = routed.presence.map(|p| Channel::Node(p.incarnation()));
+    ((routed.backplane, rx), channel)
 }
 
-/// Two nodes on a 3-master Redis Cluster, each connected once (the first `Resynced`).
-async fn cluster_pair(cluster: &RedisCluster) -> (Node, Node) {
-    let (a, mut a_rx) = cluster_node(&cluster.urls()[..1]);
-    let (b, mut b_rx) = cluster_node(&cluster.urls()[3..]);
+/// Two nodes of `mode` on a 3-master Redis Cluster, each connected once (the first
+/// `Resynced`); and the second one's node channel in `node` mode.
+async fn cluster_pair(mode: Routing, cluster: &RedisCluster) -> (Node, Node, Option<Channel>) {
+    let ((a, mut a_rx), _) = cluster_node(mode, &cluster.urls()[..1]);
+    let ((b, mut b_rx), b_channel) = cluster_node(mode, &cluster.urls()[3..]);
     assert!(resynced(&mut a_rx).await && resynced(&mut b_rx).await, "no first Resynced on the cluster");
-    ((a, a_rx), (b, b_rx))
+    ((a, a_rx), (b, b_rx), b_channel)
 }
+
+/// Clusters are six processes each: one test at a time.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_cluster_backplane_conforms_in_sharded_mode() {
+    let _one = CLUSTER.lock().await;
     let cluster = RedisCluster::start().await;
-    let (a, b) = cluster_pair(&cluster).await;
+    let (a, b, _) = cluster_pair(Routing::Sharded, &cluster).await;
     suite(Routing::Sharded, a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn redis_cluster_backplane_conforms_in_node_mode() {
+    let _one = CLUSTER.lock().await;
+    let cluster = RedisCluster::start().await;
+    let (a, b, _) = cluster_pair(Routing::Node, &cluster).await;
+    suite(Routing::Node, a, b).await;
+}
+
+/// One publish batch to users of every presence partition, half of them on each node: the
+/// lookups split into a pipeline per slot and their answers come back to the right users,
+/// so each node gets exactly its users' messages, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn node_mode_on_a_cluster_routes_a_batch_over_every_partition_exactly() {
+    let _one = CLUSTER.lock().await;
+    let cluster = RedisCluster::start().await;
+    let ((a, mut a_rx), (b, mut b_rx), _) = cluster_pair(Routing::Node, &cluster).await;
+    let base = random_id();
+    let users: Vec<UserId> = (base..base + 200).collect();
+    for u in &users {
+        let node = if u % 2 == 0 { &a } else { &b };
+        node.subscribe(Channel::User(*u));
+    }
+    a.barrier().await;
+    b.barrier().await;
+    let batch: Vec<(Channel, Bytes)> = users.iter().map(|u| (Channel::User(*u), Bytes::from(u.to_string()))).collect();
+    a.publish(&batch).await.expect("publish");
+    for (rx, parity) in [(&mut a_rx, 0), (&mut b_rx, 1)] {
+        for u in users.iter().filter(|u| *u % 2 == parity) {
+            let got = next_payload(rx, Duration::from_secs(3)).await;
+            assert_eq!(got, Some((Channel::User(*u), Bytes::from(u.to_string()))));
+        }
+        assert_eq!(next_payload(rx, Duration::from_millis(300)).await, None, "a message for the other node");
+    }
 }
 
 /// Killing the master that holds a channel's partition: its replica takes over, the node
@@ -327,8 +386,9 @@ async fn redis_cluster_backplane_conforms_in_sharded_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_cluster_backplane_resubscribes_after_a_master_failover() {
+    let _one = CLUSTER.lock().await;
     let mut cluster = RedisCluster::start().await;
-    let ((a, _a_rx), (b, mut b_rx)) = cluster_pair(&cluster).await;
+    let ((a, _a_rx), (b, mut b_rx), _) = cluster_pair(Routing::Sharded, &cluster).await;
     let g = Channel::Group(random_id());
     // Subscriptions on every master, so the failover leaves some untouched.
     let others: Vec<Channel> = (0..50).map(|_| Channel::Group(random_id())).collect();
@@ -337,7 +397,7 @@ async fn redis_cluster_backplane_resubscribes_after_a_master_failover() {
         b.subscribe(*c);
     }
     b.barrier().await;
-    let partitions = Partitions::new("conformance:", 128);
+    let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
     let victim = cluster.owner_of(slot(partitions.name(g).as_bytes()));
     cluster.kill(victim);
     cluster.wait_failover(victim).await;
@@ -366,4 +426,28 @@ async fn delivered(a: &Arc<dyn Backplane>, rx: &mut mpsc::Receiver<Event>, c: Ch
         }
     }
     false
+}
+
+/// `node` mode on the cluster after a master failover that lost the presence store (every
+/// master flushed first, the flush replicated): the node resubscribes its channel on the
+/// new master, writes its liveness key and its users' fields again, says `Resynced`, and is
+/// routed to again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn node_mode_on_a_cluster_writes_its_presence_again_after_a_master_failover() {
+    let _one = CLUSTER.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let ((a, _a_rx), (b, mut b_rx), b_channel) = cluster_pair(Routing::Node, &cluster).await;
+    let user = random_id();
+    b.subscribe(Channel::User(user));
+    b.barrier().await;
+    a.publish(&[(Channel::User(user), Bytes::from_static(b"before"))]).await.expect("publish");
+    assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p), Some("before".into()));
+    cluster.flush_masters();
+    let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
+    let victim = cluster.owner_of(slot(partitions.name(b_channel.expect("node channel")).as_bytes()));
+    cluster.kill(victim);
+    cluster.wait_failover(victim).await;
+    assert!(resynced(&mut b_rx).await, "no Resynced after the failover");
+    assert!(delivered(&a, &mut b_rx, Channel::User(user)).await, "the presence was not written again");
 }
