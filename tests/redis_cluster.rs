@@ -1,9 +1,10 @@
-//! `--routing sharded` on a real Redis Cluster of 3 masters and 3 replicas, started on
-//! loopback for each test and killed after it:
+//! `--routing sharded` and `--routing node` on a real Redis Cluster of 3 masters and 3
+//! replicas, started on loopback for each test and killed after it:
 //!
 //! - two gateway node processes exchange messages under steady traffic while the master
 //!   holding part of the partitions is killed with SIGKILL; its replica takes over, both
-//!   nodes resubscribe by themselves, and the checker reports 0 lost;
+//!   nodes resubscribe by themselves (in `node` mode they also write their presence
+//!   again), and the checker reports 0 lost;
 //! - the `redis` crate's own cluster resubscription, checked with channels in several
 //!   slots of one master and that master's failover: it sends one SSUBSCRIBE across slots,
 //!   which Redis refuses (CROSSSLOT), so the backplane does its own (src/backplane/cluster.rs).
@@ -23,13 +24,23 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
 async fn a_master_killed_under_traffic_fails_over_and_loses_nothing() {
+    fails_over_under_traffic("sharded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
+async fn node_mode_fails_over_under_traffic_and_loses_nothing() {
+    fails_over_under_traffic("node").await;
+}
+
+async fn fails_over_under_traffic(routing: &str) {
     let _serial = SERIAL.lock().await;
     let mut cluster = RedisCluster::start().await;
     let database = format!("{}/{}", common::MYSQL_ROOT, unique("cluster"));
     let env = vec![
         ("DATABASE_URL".to_owned(), database),
         ("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg()),
-        ("SWITCHBOARD_ROUTING".to_owned(), "sharded".to_owned()),
+        ("SWITCHBOARD_ROUTING".to_owned(), routing.to_owned()),
     ];
     let mut nodes = Vec::new();
     for name in ["c1", "c2"] {
@@ -48,7 +59,7 @@ async fn a_master_killed_under_traffic_fails_over_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
     let report = w.finish(Duration::from_secs(40)).await;
-    println!("redis cluster master failover: {report}; resubscribe commands on c1: {}", after - before);
+    println!("redis cluster master failover ({routing}): {report}; resubscribe commands on c1: {}", after - before);
     assert!(report.accepted > 50, "too little traffic: {report}");
     assert!(report.clean(), "{report}");
     assert!(after > before, "the node never resubscribed after the failover");
