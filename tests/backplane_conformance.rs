@@ -335,22 +335,23 @@ async fn cluster_pair(mode: Routing, cluster: &RedisCluster) -> (Node, Node, Opt
 /// Clusters are six processes each: one test at a time.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+async fn cluster_conforms(mode: Routing) {
+    let _one = CLUSTER.lock().await;
+    let cluster = RedisCluster::start().await;
+    let (a, b, _) = cluster_pair(mode, &cluster).await;
+    suite(mode, a, b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_cluster_backplane_conforms_in_sharded_mode() {
-    let _one = CLUSTER.lock().await;
-    let cluster = RedisCluster::start().await;
-    let (a, b, _) = cluster_pair(Routing::Sharded, &cluster).await;
-    suite(Routing::Sharded, a, b).await;
+    cluster_conforms(Routing::Sharded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_cluster_backplane_conforms_in_node_mode() {
-    let _one = CLUSTER.lock().await;
-    let cluster = RedisCluster::start().await;
-    let (a, b, _) = cluster_pair(Routing::Node, &cluster).await;
-    suite(Routing::Node, a, b).await;
+    cluster_conforms(Routing::Node).await;
 }
 
 /// One publish batch to users of every presence partition, half of them on each node: the
