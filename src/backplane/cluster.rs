@@ -1,5 +1,6 @@
 //! Redis Cluster backplane: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`, Redis 7) for
-//! `--routing sharded` (docs/routing.md, "Sharded on a Redis Cluster").
+//! `--routing sharded`, and the node channels of `--routing node` on a cluster (docs/routing.md,
+//! "`sharded` mode: sharded pub/sub on a Redis Cluster").
 //!
 //! A sharded channel lives on the master that owns its slot, so publishes and subscriptions
 //! spread over the cluster instead of every message reaching every node. One `SSUBSCRIBE`
