@@ -452,3 +452,34 @@ async fn node_mode_on_a_cluster_writes_its_presence_again_after_a_master_failove
     assert!(resynced(&mut b_rx).await, "no Resynced after the failover");
     assert!(delivered(&a, &mut b_rx, Channel::User(user)).await, "the presence was not written again");
 }
+
+/// While a master is down (before its replica takes over), lookups in its slots fail but the
+/// others still route: a batch to users of every presence partition reaches the users whose
+/// hashes are on the other masters, and the publish reports the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn node_mode_on_a_cluster_routes_what_it_can_while_a_master_is_down() {
+    let _one = CLUSTER.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let ((a, _a_rx), (b, mut b_rx), b_channel) = cluster_pair(Routing::Node, &cluster).await;
+    let base = random_id();
+    let users: Vec<UserId> = (base..base + 200).collect();
+    for u in &users {
+        b.subscribe(Channel::User(*u));
+    }
+    b.barrier().await;
+    // Another master than the one holding b's channel, so b hears everything routed to it.
+    let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
+    let listening = cluster.owner_of(slot(partitions.name(b_channel.expect("node channel")).as_bytes()));
+    let victim = [0, 8192, 16383].map(|s| cluster.owner_of(s)).into_iter().find(|m| *m != listening).expect("a master");
+    cluster.kill(victim);
+    let batch: Vec<(Channel, Bytes)> = users.iter().map(|u| (Channel::User(*u), Bytes::from_static(b"x"))).collect();
+    assert!(a.publish(&batch).await.is_err(), "a lookup on the dead master did not fail");
+    let mut got = std::collections::HashSet::new();
+    while let Some((c, _)) = next_payload(&mut b_rx, Duration::from_millis(500)).await {
+        let Channel::User(u) = c else { panic!("{c} was not published") };
+        assert!(users.contains(&u) && got.insert(u), "{u} unexpected or twice");
+    }
+    // A third of the users' hashes or so are on the dead master.
+    assert!((100..200).contains(&got.len()), "{} of 200 users reached", got.len());
+}

@@ -52,7 +52,8 @@ async fn fails_over_under_traffic(routing: &str) {
     let w = Workload::start(&addrs, 8, Duration::from_millis(150)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
-    let victim = cluster.masters()[0];
+    // The master of slot 0 (another node's view of who is master may lag just after the start).
+    let victim = cluster.owner_of(0);
     cluster.kill(victim);
     cluster.wait_failover(victim).await;
     // Traffic goes on through the new master.
@@ -62,7 +63,8 @@ async fn fails_over_under_traffic(routing: &str) {
     println!("redis cluster master failover ({routing}): {report}; resubscribe commands on c1: {}", after - before);
     assert!(report.accepted > 50, "too little traffic: {report}");
     assert!(report.clean(), "{report}");
-    assert!(after > before, "the node never resubscribed after the failover");
+    // In node mode c1 holds one subscription, on any master: it may have nothing to redo.
+    assert!(after > before || routing == "node", "the node never resubscribed after the failover");
 }
 
 async fn metric(node: &Proc, name: &str) -> f64 {

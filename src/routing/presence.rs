@@ -177,18 +177,34 @@ impl Conn {
     /// Sends every pipeline of `batch` at once; the replies in the order of the commands.
     /// Fails if any pipeline fails (the others may have been applied).
     async fn run(&self, batch: Batch) -> Result<Vec<Value>, BackplaneError> {
-        let mut replies = vec![Value::Nil; batch.len];
+        match self.send(batch).await {
+            (_, Some(e)) => Err(e),
+            (replies, None) => Ok(replies.into_iter().map(|r| r.unwrap_or(Value::Nil)).collect()),
+        }
+    }
+
+    /// Sends every pipeline of `batch` at once; each command's reply in the order of the
+    /// commands (`None` where its pipeline failed), and the first failure.
+    async fn send(&self, batch: Batch) -> (Vec<Option<Value>>, Option<BackplaneError>) {
+        let mut replies = vec![None; batch.len];
+        let mut failed = None;
         let sent = batch.pipes.into_values().map(|(pipe, positions)| async move {
             let reply = tokio::time::timeout(IO_TIMEOUT, self.query(&pipe)).await;
-            (positions, reply)
+            (positions, reply.unwrap_or(Err(BackplaneError::Timeout)))
         });
         for (positions, reply) in join_all(sent).await {
-            let values = reply.map_err(|_| BackplaneError::Timeout)??;
-            for (at, value) in positions.into_iter().zip(values) {
-                replies[at] = value;
+            match reply {
+                Ok(values) => {
+                    for (at, value) in positions.into_iter().zip(values) {
+                        replies[at] = Some(value);
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(replies)
+        (replies, failed)
     }
 
     async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, BackplaneError> {
@@ -314,6 +330,18 @@ impl Presence {
     /// left out). One pipelined round trip for the users not cached, and one for the
     /// incarnations not cached, if any (on a cluster, each a pipeline per slot, at once).
     pub async fn locate(&self, users: &[UserId]) -> Result<HashMap<UserId, Vec<u64>>, BackplaneError> {
+        match self.locate_all(users).await {
+            (_, Some(e)) => Err(e),
+            (found, None) => Ok(found),
+        }
+    }
+
+    /// [`locate`](Self::locate) that goes on past pipelines that failed (on a cluster, the
+    /// slots of a master that is failing over): a user whose hash could not be read is where
+    /// the cache last saw it, however long ago (left out when never seen), and an
+    /// incarnation whose liveness could not be read counts as alive (a dead node's channel
+    /// only has no listener). Returns what it found and the first failure.
+    pub async fn locate_all(&self, users: &[UserId]) -> (HashMap<UserId, Vec<u64>>, Option<BackplaneError>) {
         let now = Instant::now();
         let fresh = |at: Instant| now.saturating_duration_since(at) < self.config.cache;
         let mut found: HashMap<UserId, Arc<[u64]>> = HashMap::with_capacity(users.len());
@@ -329,36 +357,53 @@ impl Presence {
         let m = &self.metrics.presence_lookups;
         m.with_label_values(&["cache"]).inc_by(found.len() as u64);
         m.with_label_values(&["redis"]).inc_by(missing.len() as u64);
+        let mut failed = None;
         if !missing.is_empty() {
             let mut batch = Batch::default();
             for &u in &missing {
                 batch.add(self.keys.user(u), "HKEYS");
             }
-            let replies = self.conn.run(batch).await?;
+            let (replies, error) = self.conn.send(batch).await;
+            failed = error;
             self.bound_cache();
             for (u, reply) in missing.into_iter().zip(replies) {
-                let fields: Vec<String> = redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
-                let incarnations: Arc<[u64]> = fields.iter().filter_map(|f| f.parse().ok()).collect();
+                let fields = reply.map(redis::from_redis_value::<Vec<String>>);
+                let incarnations: Arc<[u64]> = match fields {
+                    Some(Ok(fields)) => fields.iter().filter_map(|f| f.parse().ok()).collect(),
+                    Some(Err(e)) => {
+                        failed.get_or_insert(redis::RedisError::from(e).into());
+                        continue;
+                    }
+                    None => match self.users.get(&u) {
+                        Some(stale) => {
+                            found.insert(u, stale.1.clone());
+                            continue;
+                        }
+                        None => continue,
+                    },
+                };
                 if !self.config.cache.is_zero() {
                     self.users.insert(u, (now, incarnations.clone()));
                 }
                 found.insert(u, incarnations);
             }
         }
-        let alive = self.alive_of(found.values().flat_map(|i| i.iter().copied()), now).await?;
-        Ok(found
+        let (alive, error) = self.alive_of(found.values().flat_map(|i| i.iter().copied()), now).await;
+        let found = found
             .into_iter()
             .map(|(u, i)| (u, i.iter().copied().filter(|i| alive.contains(i)).collect::<Vec<_>>()))
             .filter(|(_, i)| !i.is_empty())
-            .collect())
+            .collect();
+        (found, failed.or(error))
     }
 
-    /// Which of these incarnations have a liveness key.
+    /// Which of these incarnations have a liveness key (or could not be asked), and the
+    /// failure if some could not.
     async fn alive_of(
         &self,
         incarnations: impl Iterator<Item = u64>,
         now: Instant,
-    ) -> Result<HashSet<u64>, BackplaneError> {
+    ) -> (HashSet<u64>, Option<BackplaneError>) {
         let mut alive = HashSet::new();
         let mut missing: Vec<u64> = Vec::new();
         for i in incarnations {
@@ -375,15 +420,25 @@ impl Presence {
             }
         }
         if missing.is_empty() {
-            return Ok(alive);
+            return (alive, None);
         }
         let mut batch = Batch::default();
         for &i in &missing {
             batch.add(self.keys.alive(i), "EXISTS");
         }
-        let replies = self.conn.run(batch).await?;
+        let (replies, mut failed) = self.conn.send(batch).await;
         for (i, reply) in missing.into_iter().zip(replies) {
-            let up: bool = redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            let up = match reply.map(redis::from_redis_value::<bool>) {
+                Some(Ok(up)) => up,
+                // Unknown: routed to, not cached.
+                unknown => {
+                    if let Some(Err(e)) = unknown {
+                        failed.get_or_insert(redis::RedisError::from(e).into());
+                    }
+                    alive.insert(i);
+                    continue;
+                }
+            };
             if !self.config.cache.is_zero() {
                 self.alive.insert(i, (now, up));
             }
@@ -391,7 +446,7 @@ impl Presence {
                 alive.insert(i);
             }
         }
-        Ok(alive)
+        (alive, failed)
     }
 
     fn bound_cache(&self) {
