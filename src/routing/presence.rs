@@ -106,6 +106,15 @@ impl Keys {
         }
     }
 
+    /// On a cluster, a key per user partition that lives as long as the liveness key; none on
+    /// a single Redis (a restart there drops the backplane's connection: `Resynced`).
+    fn markers(&self, incarnation: u64) -> Vec<Key> {
+        let Some(parts) = &self.users else { return Vec::new() };
+        (0..parts.count())
+            .map(|p| Key { name: parts.tagged(p, format_args!("presence-node:{incarnation}")), slot: parts.slot(p) })
+            .collect()
+    }
+
     fn alive(&self, incarnation: u64) -> Key {
         match &self.users {
             None => Key { name: format!("{}alive:{incarnation}", self.prefix), slot: 0 },
@@ -225,6 +234,9 @@ enum Op {
     Barrier(oneshot::Sender<()>),
     /// Write every wanted field again (Redis may have restarted empty).
     Again(oneshot::Sender<()>),
+    /// A slot lost this node's writes (on a cluster, a replica that lacked them took over,
+    /// with no `Resynced` here): write everything again and catch the sessions up.
+    Lost,
 }
 
 pub struct Presence {
@@ -258,7 +270,12 @@ impl Presence {
         let (ops, rx) = mpsc::unbounded_channel();
         let keys = Keys::new(prefix, conn.is_cluster());
         let stop = CancellationToken::new();
-        let liveness = Liveness { key: keys.alive(incarnation), node: node.to_owned(), ttl: config.ttl };
+        let liveness = Liveness {
+            key: keys.alive(incarnation),
+            markers: keys.markers(incarnation),
+            node: node.to_owned(),
+            ttl: config.ttl,
+        };
         let writer = Writer {
             conn: conn.clone(),
             keys: keys.clone(),
@@ -271,7 +288,7 @@ impl Presence {
             dirty: false,
         };
         tokio::spawn(writer.run(rx, stop.clone()));
-        tokio::spawn(liveness.refresh(conn.clone(), stop.clone()));
+        tokio::spawn(liveness.refresh(conn.clone(), ops.clone(), stop.clone()));
         tracing::info!(incarnation, node, "presence incarnation");
         Ok(Arc::new(Self {
             conn,
@@ -472,10 +489,13 @@ fn catch_up_delay(cache: Duration) -> Option<Duration> {
     (!cache.is_zero()).then(|| cache + cache / 10 + Duration::from_millis(50))
 }
 
-/// The node's liveness key.
+/// The node's liveness key, and on a cluster its markers.
 #[derive(Clone)]
 struct Liveness {
     key: Key,
+    /// Refreshed with the liveness key: one that vanished shows its slot lost this node's
+    /// writes.
+    markers: Vec<Key>,
     node: String,
     ttl: Duration,
 }
@@ -487,15 +507,28 @@ impl Liveness {
         batch
     }
 
-    /// Keeps the key set, at a third of its TTL, until stopped.
-    async fn refresh(self, conn: Conn, stop: CancellationToken) {
+    /// Keeps the key (and the markers) set, at a third of its TTL, until stopped. A marker
+    /// found missing once all were set means its slot lost this node's fields: the writer
+    /// writes everything again ([`Op::Lost`]).
+    async fn refresh(self, conn: Conn, ops: mpsc::UnboundedSender<Op>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.ttl / 3);
+        let mut planted = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = conn.run(self.set()).await {
+                    let mut batch = self.set();
+                    for marker in &self.markers {
+                        batch.add(marker.clone(), "SET").arg(1).arg("PX").arg(self.ttl.as_millis() as u64).arg("GET");
+                    }
+                    let (replies, failed) = conn.send(batch).await;
+                    if let Some(e) = &failed {
                         tracing::warn!(error = %e, "presence liveness refresh failed");
                     }
+                    if planted && replies.iter().skip(1).any(|r| matches!(r, Some(Value::Nil))) {
+                        tracing::warn!("presence lost by a slot (a failover to a replica without it): writing it again");
+                        let _ = ops.send(Op::Lost);
+                    }
+                    planted |= failed.is_none();
                 }
                 () = stop.cancelled() => return,
             }
@@ -553,6 +586,7 @@ impl Writer {
         let field = self.incarnation;
         let mut edits = Batch::default();
         let (mut arrived, mut left, mut waiting, mut again) = (Vec::new(), Vec::new(), Vec::new(), false);
+        let mut lost = false;
         for op in batch {
             match op {
                 Op::Arrive(u) => {
@@ -572,6 +606,10 @@ impl Writer {
                     again = true;
                     waiting.push(done);
                 }
+                Op::Lost => {
+                    again = true;
+                    lost = true;
+                }
             }
         }
         let written = edits.is_empty() || self.write(edits).await;
@@ -582,6 +620,11 @@ impl Writer {
         if again {
             arrived = self.write_all().await;
             self.dirty = arrived.is_empty() && !self.wanted.is_empty();
+            if lost && !arrived.is_empty() {
+                // Publishes were routed past these sessions since the loss: no `Resynced`
+                // tells the hub, so this does (and once more after the cache, below).
+                let _ = self.events.send(Event::CatchUp(arrived.clone())).await;
+            }
         }
         for done in waiting {
             let _ = done.send(());
@@ -683,6 +726,12 @@ mod tests {
             assert!(k.name.starts_with("sb:{") && k.name.ends_with(&format!("}}presence:{u}")), "{}", k.name);
             assert_eq!(slot(k.name.as_bytes()), k.slot);
         }
+        let markers = keys.markers(123);
+        assert_eq!(markers.len(), usize::from(USER_PARTITIONS));
+        assert!(markers.iter().all(|m| slot(m.name.as_bytes()) == m.slot && m.name.ends_with("}presence-node:123")));
+        let marked: HashSet<u16> = markers.iter().map(|m| m.slot).collect();
+        assert!((0..10_000).all(|u| marked.contains(&keys.user(u).slot)), "every user slot has a marker");
+        assert!(Keys::new("sb:", false).markers(123).is_empty());
         let alive = keys.alive(123);
         assert_eq!(alive.name, "sb:{alive}:123");
         assert_eq!(slot(alive.name.as_bytes()), alive.slot);
