@@ -34,6 +34,8 @@ need_cmd() { # need_cmd COMMAND PACKAGE...
 
 need_cmd mariadbd mariadb-server mariadb-client
 need_cmd redis-server redis-server
+# The NATS backplane's tests start their own clusters of nats-server (tests/common/services.rs).
+need_cmd nats-server nats-server
 need_cmd haproxy haproxy
 need_cmd promtool prometheus
 need_cmd chromium chromium

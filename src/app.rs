@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
 use crate::backplane::{
-    Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, Partitions, RedisBackplane, RedisClusterBackplane,
+    Backplane, BackplaneError, Event, MemoryBackplane, MemoryBus, NatsBackplane, Partitions, RedisBackplane,
+    RedisClusterBackplane,
 };
 use crate::commit::Commits;
 use crate::config::Config;
@@ -82,24 +83,41 @@ impl App {
             Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
             None => None,
         };
+        // The presence store's Redis (`--routing node`): its own, else the backplane's.
+        let presence_redis = match &config.presence_redis_url {
+            Some(url) => Some(trust.redis_client(url).map_err(BackplaneError::from)?),
+            None => redis.clone(),
+        };
         let cluster = match config.redis_cluster_urls.as_slice() {
             [] => None,
             urls => Some(redis::cluster::ClusterClient::new(urls.to_vec()).map_err(BackplaneError::from)?),
         };
         let prefix = config.channel_prefix.clone();
         let mut agreeing = None;
-        let keyspace = match (&redis, cluster) {
-            (Some(client), _) => Some(Keyspace::Redis(client.clone())),
-            (None, Some(client)) => Some(Keyspace::Cluster(client)),
-            (None, None) => None,
+        // The fleet's routing mode is kept in the backplane's Redis (or Redis Cluster), or
+        // with NATS in the presence Redis if there is one; NATS alone has nowhere to keep it
+        // (no check).
+        let keyspace = match (&redis, cluster, &presence_redis) {
+            (Some(client), _, _) => Some(Keyspace::Redis(client.clone())),
+            (None, Some(client), _) => Some(Keyspace::Cluster(client)),
+            (None, None, Some(client)) => Some(Keyspace::Redis(client.clone())),
+            (None, None, None) => None,
         };
         if let Some(keys) = &keyspace {
             routing::agree(keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
             let keep = routing::keep_agreeing(keys.clone(), prefix.clone(), config.routing);
             agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
         }
-        // The transport: Redis pub/sub, a Redis Cluster's sharded pub/sub, or the in-process
-        // bus of a single node.
+        // The presence store (`--routing node`): the presence Redis if set, else the
+        // backplane's Redis or Redis Cluster.
+        let presence_keys = match (&presence_redis, &keyspace) {
+            (Some(client), _) => Some(Keyspace::Redis(client.clone())),
+            (None, Some(Keyspace::Cluster(client))) => Some(Keyspace::Cluster(client.clone())),
+            _ => None,
+        };
+        let nats = config.nats_urls();
+        // The transport: Redis pub/sub, a Redis Cluster's sharded pub/sub, NATS, or the
+        // in-process bus of a single node.
         let transport = |events: mpsc::Sender<Event>| -> Result<Arc<dyn Backplane>, BackplaneError> {
             Ok(match &redis {
                 Some(client) => Arc::new(RedisBackplane::connect(client.clone(), &prefix, events, metrics.clone())?),
@@ -112,12 +130,16 @@ impl App {
                         metrics.clone(),
                     )?)
                 }
+                None if !nats.is_empty() => {
+                    let ca = config.tls_ca_file.as_deref();
+                    Arc::new(NatsBackplane::connect(&nats, &prefix, ca, events, metrics.clone())?)
+                }
                 None => Arc::new(MemoryBackplane::new(MemoryBus::new(), events)),
             })
         };
         let setup = routing::Setup {
             mode: config.routing,
-            redis: keyspace.as_ref(),
+            redis: presence_keys.as_ref(),
             prefix: &prefix,
             node: &node,
             presence: config.presence(),

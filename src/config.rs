@@ -76,6 +76,18 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SHARD_PARTITIONS", default_value_t = 128)]
     pub shard_partitions: u16,
 
+    /// Backplane on NATS instead of Redis: the cluster's servers as `nats://host:port`
+    /// (`tls://` for TLS), comma-separated; the client also learns the servers the cluster
+    /// advertises and moves to another one when its server dies. Set one backplane only.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// `--routing node` with a backplane that is not Redis (NATS): the Redis that holds the
+    /// presence store, `redis://host:port` or `rediss://`. With REDIS_URL and this unset,
+    /// presence lives in the backplane's Redis.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_REDIS_URL")]
+    pub presence_redis_url: Option<String>,
+
     /// Prefix of every Redis channel name, so deployments sharing one Redis stay apart
     /// (empty: plain `group:{id}` and `user:{id}`).
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX", default_value = "")]
@@ -255,9 +267,14 @@ impl Config {
         if self.max_group_members < 2 {
             return Err("--max-group-members must be at least 2".into());
         }
-        let backplanes = [self.redis_url.is_some(), !self.redis_cluster_urls.is_empty()];
-        if backplanes.iter().filter(|set| **set).count() > 1 {
-            return Err("set one backplane only: REDIS_URL or REDIS_CLUSTER_URLS".into());
+        let backplanes = [
+            ("REDIS_URL", self.redis_url.is_some()),
+            ("REDIS_CLUSTER_URLS", !self.redis_cluster_urls.is_empty()),
+            ("NATS_URL", self.nats_url.is_some()),
+        ];
+        let set: Vec<&str> = backplanes.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+        if set.len() > 1 {
+            return Err(format!("{} are set, but a node has one backplane: unset all but one", set.join(" and ")));
         }
         let cluster = !self.redis_cluster_urls.is_empty();
         match self.routing {
@@ -270,10 +287,8 @@ impl Config {
                     self.routing.name()
                 ));
             }
-            Routing::Node if self.redis_url.is_none() && !cluster => {
-                return Err(
-                    "--routing node needs REDIS_URL or REDIS_CLUSTER_URLS (its presence store lives in Redis)".into()
-                );
+            Routing::Node if self.presence_redis().is_none() && !cluster => {
+                return Err("--routing node needs a Redis for its presence store: REDIS_URL, REDIS_CLUSTER_URLS, or SWITCHBOARD_PRESENCE_REDIS_URL with NATS_URL".into());
             }
             _ => {}
         }
@@ -297,11 +312,28 @@ impl Config {
         if !(db.starts_with("sqlite:") || db.starts_with("mysql:") || db.starts_with("mariadb:")) {
             return Err(format!("DATABASE_URL must start with sqlite: or mysql:, got {db:?}"));
         }
-        if let Some(url) = &self.redis_url
-            && !url.starts_with("redis://")
-            && !url.starts_with("rediss://")
+        for (name, url) in
+            [("REDIS_URL", &self.redis_url), ("SWITCHBOARD_PRESENCE_REDIS_URL", &self.presence_redis_url)]
         {
-            return Err(format!("REDIS_URL must start with redis://, got {url:?}"));
+            if let Some(url) = url
+                && !url.starts_with("redis://")
+                && !url.starts_with("rediss://")
+            {
+                return Err(format!("{name} must start with redis://, got {url:?}"));
+            }
+        }
+        if self.nats_url.is_some() {
+            let urls = self.nats_urls();
+            if urls.is_empty() {
+                return Err("NATS_URL names no server".into());
+            }
+            if let Some(url) = urls.iter().find(|u| !u.starts_with("nats://") && !u.starts_with("tls://")) {
+                return Err(format!("NATS_URL must be nats://host:port (or tls://), comma-separated, got {url:?}"));
+            }
+            let prefix = &self.channel_prefix;
+            if prefix.contains(|c: char| c.is_whitespace() || c == '*' || c == '>') || prefix.contains("..") {
+                return Err(format!("SWITCHBOARD_CHANNEL_PREFIX must be valid in a NATS subject, got {prefix:?}"));
+            }
         }
         if let Some(url) = &self.mongodb_url
             && !url.starts_with("mongodb://")
@@ -400,6 +432,14 @@ impl Config {
                 },
             ),
             ("--shard-partitions", self.shard_partitions.to_string()),
+            (
+                "--nats-url",
+                match self.nats_urls().as_slice() {
+                    [] => "(unset)".to_owned(),
+                    urls => urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(","),
+                },
+            ),
+            ("--presence-redis-url", opt(&self.presence_redis_url)),
             ("--channel-prefix", format!("{:?}", self.channel_prefix)),
             ("--routing", self.routing.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())),
             ("--presence-ttl", show_duration(self.presence_ttl)),
@@ -446,6 +486,17 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| format!("node-{}", std::process::id()))
         })
+    }
+
+    /// The NATS servers of `NATS_URL` (empty without it).
+    pub fn nats_urls(&self) -> Vec<String> {
+        let list = self.nats_url.as_deref().unwrap_or("");
+        list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    }
+
+    /// The Redis of the presence store (`--routing node`): its own URL, else the backplane's.
+    pub fn presence_redis(&self) -> Option<&str> {
+        self.presence_redis_url.as_deref().or(self.redis_url.as_deref())
     }
 
     pub fn presence(&self) -> PresenceConfig {
@@ -599,7 +650,7 @@ mod tests {
         let c = Config::from_args(["--tls-ca-file", "/nonexistent/ca.pem"]).expect("parses");
         assert!(c.validate().expect_err("no such CA file").contains("SWITCHBOARD_TLS_CA_FILE"));
         let c = Config::from_args(["--routing", "node"]).expect("parses");
-        assert!(c.validate().expect_err("node mode without Redis").contains("REDIS_URL or REDIS_CLUSTER_URLS"));
+        assert!(c.validate().expect_err("node mode without Redis").contains("REDIS_URL, REDIS_CLUSTER_URLS"));
         let c = Config::from_args(["--routing", "sharded"]).expect("parses");
         assert!(c.validate().expect_err("sharded without a cluster").contains("REDIS_CLUSTER_URLS"));
         let c = Config::from_args(["--redis-cluster-urls", "redis://a:1,redis://b:2"]).expect("parses");
@@ -621,6 +672,31 @@ mod tests {
         );
         let ok = ["--routing", "sharded", "--redis-cluster-urls", "redis://a:1"];
         assert!(Config::from_args(ok).expect("parses").validate().is_ok());
+        let c = Config::from_args(["--redis-url", "redis://r:6379", "--nats-url", "nats://n:4222"]).expect("parses");
+        let err = c.validate().expect_err("two backplanes");
+        assert!(err.contains("REDIS_URL") && err.contains("NATS_URL") && !err.contains('\n'), "{err}");
+        let c = Config::from_args(["--nats-url", "nats://a:4222,redis://b:4222"]).expect("parses");
+        assert!(c.validate().expect_err("not a NATS URL").contains("NATS_URL"));
+        let c = Config::from_args(["--nats-url", "nats://a:4222", "--routing", "node"]).expect("parses");
+        assert!(c.validate().expect_err("node mode without presence").contains("PRESENCE_REDIS_URL"));
+        let c = Config::from_args(["--nats-url", "nats://a:4222", "--channel-prefix", "a b"]).expect("parses");
+        assert!(c.validate().expect_err("not a subject").contains("PREFIX"));
+        let c = Config::from_args(["--presence-redis-url", "http://x"]).expect("parses");
+        assert!(c.validate().expect_err("not Redis").contains("PRESENCE_REDIS_URL"));
+        let c = Config::from_args(Vec::<String>::new()).expect("parses");
+        assert!(c.nats_urls().is_empty() && c.presence_redis().is_none());
+        let c = Config::from_args([
+            "--nats-url",
+            "nats://a:4222, nats://b:4222",
+            "--routing",
+            "node",
+            "--presence-redis-url",
+            "redis://p:6379",
+        ])
+        .expect("parses");
+        assert!(c.validate().is_ok());
+        assert_eq!(c.nats_urls(), ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(c.presence_redis(), Some("redis://p:6379"));
         let c = Config::from_args(["--token-verify-secret", "0123456789abcdef"]).expect("parses");
         assert!(c.validate().is_err(), "a verify secret alone");
     }

@@ -2,7 +2,9 @@
 //! the in-process backplane (two nodes on one bus), Redis (two nodes on one server) and a
 //! Redis Cluster (`sharded` and `node` mode); plus recovery after the pub/sub connection is
 //! killed, in `node` mode after Redis restarts empty, and on the cluster after a master
-//! fails over (in `node` mode with the presence store lost).
+//! fails over (in `node` mode with the presence store lost). The same suite runs on NATS: a
+//! 3-server cluster with the two nodes on different servers, and recovery when a node's
+//! server is killed with SIGKILL.
 //!
 //! What a node asks for it gets, once per publish and in order, in every mode. `group` and
 //! `node` mode are also exact (a node gets nothing it did not ask for); `broadcast` is not,
@@ -18,7 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::services::RedisCluster;
 use switchboard::backplane::{
-    Backplane, Channel, Event, MemoryBackplane, MemoryBus, Partitions, RedisBackplane, RedisClusterBackplane, slot,
+    Backplane, Channel, Event, MemoryBackplane, MemoryBus, NatsBackplane, Partitions, RedisBackplane,
+    RedisClusterBackplane, slot,
 };
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};
@@ -48,6 +51,19 @@ async fn resynced(rx: &mut mpsc::Receiver<Event>) -> bool {
         false
     };
     tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or(false)
+}
+
+/// The users of the next `CatchUp`, if one comes `within`.
+async fn catch_up(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Option<Vec<UserId>> {
+    let wait = async {
+        while let Some(event) = rx.recv().await {
+            if let Event::CatchUp(users) = event {
+                return Some(users);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(within, wait).await.ok().flatten()
 }
 
 fn random_id() -> i64 {
@@ -295,15 +311,7 @@ async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     let started = tokio::time::Instant::now();
     b.subscribe(Channel::User(user));
     b.barrier().await;
-    let wait = async {
-        while let Some(event) = rx.recv().await {
-            if let Event::CatchUp(users) = event {
-                return users;
-            }
-        }
-        Vec::new()
-    };
-    let users = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a catch-up");
+    let users = catch_up(&mut rx, Duration::from_secs(5)).await.expect("a catch-up");
     assert_eq!(users, vec![user]);
     assert!(started.elapsed() >= cache, "caught up before the cache expired");
 }
@@ -544,4 +552,167 @@ async fn node_mode_on_a_cluster_routes_what_it_can_while_a_master_is_down() {
         }
     }
     assert_eq!(routed, 200, "not every user routed again after the failover");
+}
+
+fn nats_transport(urls: &[String], events: mpsc::Sender<Event>) -> Arc<dyn Backplane> {
+    let metrics = Arc::new(Metrics::new("t"));
+    Arc::new(NatsBackplane::connect(urls, "conformance:", None, events, metrics).expect("nats"))
+}
+
+/// A node of `mode` on NATS at `urls` (node mode keeps its presence in the shared Redis).
+fn nats_node(mode: Routing, urls: &[String], presence: Option<&str>) -> Node {
+    routed(mode, presence.and_then(single), |tx| nats_transport(urls, tx))
+}
+
+/// Waits for the first `Resynced` of a fresh node (its first connect).
+async fn connected(node: &mut Node) {
+    assert!(resynced(&mut node.1).await, "no Resynced after the first connect");
+}
+
+async fn nats_conforms(mode: Routing) {
+    common::require_program("nats-server");
+    let presence = (mode == Routing::Node).then(common::redis_url);
+    let cluster = common::services::nats_cluster(3).await;
+    // Each node knows only its own server: they talk through the cluster's routes.
+    let mut a = nats_node(mode, &[cluster.url(0)], presence.as_deref());
+    let mut b = nats_node(mode, &[cluster.url(1)], presence.as_deref());
+    connected(&mut a).await;
+    connected(&mut b).await;
+    suite(mode, a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_conforms() {
+    nats_conforms(Routing::Group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and Redis; scripts/test runs it"]
+async fn nats_backplane_conforms_in_node_mode() {
+    nats_conforms(Routing::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_conforms_in_broadcast_mode() {
+    nats_conforms(Routing::Broadcast).await;
+}
+
+/// The server a node is connected to dies (SIGKILL): the node moves to another server of
+/// the cluster, says `Resynced` once its subscriptions are back, and delivers and publishes
+/// again; then the publisher's server dies too, and a publish still gets through.
+async fn nats_recovers(mode: Routing) {
+    let presence = (mode == Routing::Node).then(common::redis_url);
+    let mut cluster = common::services::nats_cluster(3).await;
+    let mut a = nats_node(mode, &[cluster.url(0)], presence.as_deref());
+    let mut b = nats_node(mode, &[cluster.url(1)], presence.as_deref());
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let (a, mut a_rx) = a;
+    let (b, mut b_rx) = b;
+    let g = Channel::Group(random_id());
+    let h = Channel::Group(random_id());
+    b.subscribe(interest(mode, g));
+    b.barrier().await;
+    a.subscribe(interest(mode, h));
+    a.barrier().await;
+
+    // b's server dies: b moves to a server it learned from the cluster.
+    cluster.kill(1);
+    assert!(resynced(&mut b_rx).await, "{mode:?}: no Resynced after b's server died");
+    publish_until_delivered(&*a, &mut b_rx, g, mode).await;
+    // b publishes again from its new server.
+    publish_until_delivered(&*b, &mut a_rx, h, mode).await;
+
+    // a's server dies too; the cluster's last server carries both.
+    cluster.kill(0);
+    assert!(resynced(&mut a_rx).await, "{mode:?}: no Resynced after a's server died");
+    publish_until_delivered(&*a, &mut b_rx, g, mode).await;
+}
+
+/// Publishes (retrying while the publisher finds its way back) until `to` receives it.
+async fn publish_until_delivered(
+    from: &dyn Backplane,
+    to: &mut mpsc::Receiver<Event>,
+    channel: Channel,
+    mode: Routing,
+) {
+    let payload = Bytes::from(format!("after {}", random_id()));
+    let mut sent = false;
+    for _ in 0..25 {
+        if from.publish(&[(channel, payload.clone())]).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "{mode:?}: publish never succeeded again");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_payload(to, left).await {
+            Some((c, p)) if c == channel && p == payload => return,
+            Some(_) => continue,
+            None => panic!("{mode:?}: not delivered after the server died"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and Redis; scripts/test runs it"]
+async fn nats_backplane_moves_to_another_server_and_resyncs() {
+    common::require_program("nats-server");
+    for mode in [Routing::Group, Routing::Node, Routing::Broadcast] {
+        common::step(&format!("{mode:?}"), nats_recovers(mode)).await;
+    }
+}
+
+/// `node` mode on NATS keeps its presence in a Redis that is not the backplane, so the
+/// backplane does not notice when that Redis restarts empty: the liveness refresh does (it
+/// finds its key gone), the node writes its presence again and catches its users up, and
+/// publishes reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and redis-server; scripts/test runs it"]
+async fn nats_node_mode_writes_its_presence_again_after_the_presence_redis_restarts() {
+    common::require_program("nats-server");
+    common::require_program("redis-server");
+    let mut redis = common::services::redis().await;
+    let url = redis.url();
+    let cluster = common::services::nats_cluster(2).await;
+    let mut a = nats_node(Routing::Node, &[cluster.url(0)], Some(&url));
+    let mut b = nats_node(Routing::Node, &[cluster.url(1)], Some(&url));
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let (a, _a_rx) = a;
+    let (b, mut b_rx) = b;
+    let user = random_id();
+    b.subscribe(Channel::User(user));
+    b.barrier().await;
+    redis.stop().await;
+    redis.start().await;
+    let users = catch_up(&mut b_rx, Duration::from_secs(10)).await.expect("a catch-up after the restart");
+    assert_eq!(users, vec![user]);
+    publish_until_delivered(&*a, &mut b_rx, Channel::User(user), Routing::Node).await;
+}
+
+/// A node starts while NATS is down: subscriptions and barriers do not wait, a publish fails
+/// within the reconnect grace, and once the server is there the node says `Resynced` and
+/// delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server; scripts/test runs it"]
+async fn nats_backplane_starts_while_nats_is_down() {
+    common::require_program("nats-server");
+    let mut cluster = common::services::nats_cluster(1).await;
+    cluster.kill(0);
+    let (a, mut a_rx) = nats_node(Routing::Group, &[cluster.url(0)], None);
+    let g = Channel::Group(random_id());
+    a.subscribe(g);
+    tokio::time::timeout(Duration::from_secs(1), a.barrier()).await.expect("a barrier does not wait for NATS");
+    let started = tokio::time::Instant::now();
+    assert!(a.publish(&[(g, Bytes::from_static(b"x"))]).await.is_err(), "published with no server");
+    assert!(started.elapsed() < Duration::from_secs(3), "a publish waited {:?}", started.elapsed());
+    cluster.restart(0).await;
+    assert!(resynced(&mut a_rx).await, "no Resynced once NATS was up");
+    publish_until_delivered(&*a, &mut a_rx, g, Routing::Group).await;
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::services::{self, Service};
+use common::services::{self, RedisCluster, Service};
 use common::traffic::Workload;
 use common::{Proc, unique};
 
@@ -50,6 +50,31 @@ async fn fleet_with(extra: &[&str]) -> Fleet {
         nodes.push(node);
     }
     Fleet { db, redis, mongo, nodes }
+}
+
+/// Two node processes on a private MariaDB (which also holds the inbox) and a 3-server
+/// NATS cluster; each node is given every server (NATS_URL is the list) and picks one.
+struct NatsFleet {
+    _db: Service,
+    cluster: services::NatsCluster,
+    nodes: Vec<Proc>,
+}
+
+async fn nats_fleet() -> NatsFleet {
+    for program in ["mariadb-install-db", "nats-server"] {
+        common::require_program(program);
+    }
+    let cluster = services::nats_cluster(3).await;
+    let db = services::mariadb().await;
+    let database = format!("mysql://root@127.0.0.1:{}/{}", db.port, unique("faults"));
+    let env = vec![("DATABASE_URL".to_owned(), database), ("NATS_URL".to_owned(), cluster.urls())];
+    let mut nodes = Vec::new();
+    for name in ["f1", "f2"] {
+        let mut node = Proc::spawn(&["--node-id".to_owned(), name.to_owned()], &env);
+        node.ready().await;
+        nodes.push(node);
+    }
+    NatsFleet { _db: db, cluster, nodes }
 }
 
 impl Fleet {
@@ -213,4 +238,92 @@ async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_no
         assert_eq!(presence(user).await, 1, "user {user} has one session");
     }
     verdict("kill -9 node, node routing", w).await;
+}
+
+/// `--routing sharded` on a 3-master Redis Cluster: a master killed with SIGKILL under
+/// traffic fails over to its replica, both nodes resubscribe there by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
+async fn a_redis_cluster_master_killed_under_traffic_fails_over_and_loses_nothing() {
+    redis_cluster_master_killed("sharded").await;
+}
+
+/// `--routing node` on a 3-master Redis Cluster, the same: the node whose channel moved
+/// resubscribes, and every node writes again the presence the replica may lack (it may not
+/// have finished its first sync: the cluster was just made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
+async fn node_mode_a_redis_cluster_master_killed_under_traffic_loses_nothing() {
+    redis_cluster_master_killed("node").await;
+}
+
+async fn redis_cluster_master_killed(routing: &str) {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let database = format!("{}/{}", common::MYSQL_ROOT, unique("cluster"));
+    let env = vec![
+        ("DATABASE_URL".to_owned(), database),
+        ("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg()),
+        ("SWITCHBOARD_ROUTING".to_owned(), routing.to_owned()),
+    ];
+    let mut nodes = Vec::new();
+    for name in ["c1", "c2"] {
+        let mut node = Proc::spawn(&["--node-id".to_owned(), name.to_owned()], &env);
+        node.ready().await;
+        nodes.push(node);
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
+    // The master of slot 0 (another node's view of who is master may lag just after the start).
+    let victim = cluster.owner_of(0);
+    cluster.kill(victim);
+    cluster.wait_failover(victim).await;
+    // Traffic goes on through the new master.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
+    println!("resubscribe commands on c1 after the failover: {}", after - before);
+    // In node mode c1 holds one subscription, on any master: it may have nothing to redo.
+    assert!(after > before || routing == "node", "the node never resubscribed after the failover");
+    verdict(&format!("redis cluster master killed with SIGKILL, {routing} routing"), w).await;
+}
+
+async fn metric(node: &Proc, name: &str) -> f64 {
+    common::fleet::metric(node.admin, name, "").await.unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// The NATS backplane (docs/routing.md): under traffic between two nodes, the NATS server
+/// holding the most node connections is killed with SIGKILL; those nodes move to another
+/// server of the cluster and resync. The server comes back, another one is killed, the
+/// nodes move again, and the checker reports 0 lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and mariadbd; scripts/test runs it"]
+async fn a_nats_server_killed_with_sigkill_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let NatsFleet { _db, mut cluster, nodes } = nats_fleet().await;
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cluster.clients_named("switchboard").await;
+    assert_eq!(before.iter().sum::<usize>(), 2, "each node holds one NATS connection: {before:?}");
+    let victim = (0..before.len()).max_by_key(|&i| before[i]).expect("a server");
+    cluster.kill(victim);
+    let accepted = w.checker.report().accepted;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.clients_named("switchboard").await;
+    println!("nats kill: node connections per server {before:?} -> {after:?} (killed server {victim})");
+    assert_eq!(after.iter().sum::<usize>(), 2, "the nodes did not move to the other servers: {after:?}");
+    assert!(w.checker.report().accepted > accepted + 10, "sends stalled after the NATS server died");
+    // The dead server comes back and rejoins; then the server holding the most node
+    // connections dies too: the nodes move once more.
+    cluster.restart(victim).await;
+    let before = cluster.clients_named("switchboard").await;
+    let second = (0..before.len()).max_by_key(|&i| before[i]).expect("a server");
+    cluster.kill(second);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.clients_named("switchboard").await;
+    println!("nats kill again: {before:?} -> {after:?} (killed server {second})");
+    assert_eq!(after.iter().sum::<usize>(), 2, "the nodes did not move again: {after:?}");
+    verdict("kill -9 NATS server, twice", w).await;
 }

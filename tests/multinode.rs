@@ -1,7 +1,8 @@
 //! Two node processes on different ports sharing MariaDB and Redis, in every routing mode
 //! (docs/routing.md): users on different nodes chat both ways, a user who was offline gets
 //! everything on another node, and a user with sessions on both nodes gets every message on
-//! both. A node started in another mode than its fleet's refuses to start.
+//! both. A node started in another mode than its fleet's refuses to start. The same
+//! exchanges run on a 3-server NATS cluster, the two nodes on different servers.
 
 mod common;
 
@@ -31,14 +32,70 @@ async fn message(ws: &mut WsConn) -> serde_json::Value {
 
 /// Two ready node processes in `mode` on a fresh database and the shared Redis.
 async fn pair(mode: &str) -> (common::Proc, common::Proc) {
-    let (db, redis) = (common::mysql_url(), common::redis_url());
-    let env = vec![("DATABASE_URL".to_owned(), db), ("REDIS_URL".to_owned(), redis)];
+    let backplane = vec![("REDIS_URL".to_owned(), common::redis_url())];
+    pair_on(mode, [backplane.clone(), backplane]).await
+}
+
+/// Two ready node processes in `mode` on a fresh database, each with its own backplane
+/// variables.
+async fn pair_on(mode: &str, backplanes: [Vec<(String, String)>; 2]) -> (common::Proc, common::Proc) {
+    let db = common::mysql_url();
     let args = |name: &str| ["--node-id", name, "--routing", mode].map(String::from);
-    let mut n1 = common::Proc::spawn(&args("n1"), &env);
-    let mut n2 = common::Proc::spawn(&args("n2"), &env);
+    let [b1, b2] = backplanes;
+    let env = |backplane: Vec<(String, String)>| {
+        let mut env = vec![("DATABASE_URL".to_owned(), db.clone())];
+        env.extend(backplane);
+        env
+    };
+    let mut n1 = common::Proc::spawn(&args("n1"), &env(b1));
+    let mut n2 = common::Proc::spawn(&args("n2"), &env(b2));
     n1.ready().await;
     n2.ready().await;
     (n1, n2)
+}
+
+/// Two ready node processes in `mode` on NATS, each given a different server of `cluster`
+/// (they talk through its routes); `node` mode keeps its presence in the shared Redis.
+async fn nats_pair(mode: &str, cluster: &common::services::NatsCluster) -> (common::Proc, common::Proc) {
+    let presence = common::redis_url();
+    let env = |i: usize| {
+        let mut env = vec![("NATS_URL".to_owned(), cluster.url(i))];
+        if mode == "node" {
+            env.push(("SWITCHBOARD_PRESENCE_REDIS_URL".to_owned(), presence.clone()));
+        }
+        env
+    };
+    pair_on(mode, [env(0), env(1)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server, MariaDB and Redis; scripts/test runs it"]
+async fn two_node_processes_exchange_messages_over_a_nats_cluster() {
+    common::require_program("nats-server");
+    let cluster = common::services::nats_cluster(3).await;
+    for mode in ["group", "node", "broadcast"] {
+        common::step(&format!("{mode}: both ways, and offline"), exchange(mode, nats_pair(mode, &cluster).await)).await;
+        common::step(&format!("{mode}: a user on both nodes"), both_nodes(mode, nats_pair(mode, &cluster).await)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and redis-server; scripts/test runs it"]
+async fn two_node_processes_exchange_messages_on_a_redis_cluster_in_sharded_mode() {
+    exchange_on_a_redis_cluster("sharded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and redis-server; scripts/test runs it"]
+async fn two_node_processes_exchange_messages_on_a_redis_cluster_in_node_mode() {
+    exchange_on_a_redis_cluster("node").await;
+}
+
+async fn exchange_on_a_redis_cluster(mode: &str) {
+    let cluster = common::services::RedisCluster::start().await;
+    let backplane = || vec![("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg())];
+    common::step("both ways, and offline", exchange(mode, pair_on(mode, [backplane(), backplane()]).await)).await;
+    common::step("a user on both nodes", both_nodes(mode, pair_on(mode, [backplane(), backplane()]).await)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +115,10 @@ async fn a_user_on_two_nodes_gets_every_message_on_both() {
 }
 
 async fn deliver_to_each_other(mode: &str) {
-    let (n1, n2) = pair(mode).await;
+    exchange(mode, pair(mode).await).await;
+}
+
+async fn exchange(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api2.register(&common::unique("bob")).await.expect("bob");
@@ -98,7 +158,10 @@ async fn deliver_to_each_other(mode: &str) {
 }
 
 async fn sessions_on_both_nodes(mode: &str) {
-    let (n1, n2) = pair(mode).await;
+    both_nodes(mode, pair(mode).await).await;
+}
+
+async fn both_nodes(mode: &str, (n1, n2): (common::Proc, common::Proc)) {
     let (api1, api2) = (Api::new(n1.addr), Api::new(n2.addr));
     let alice = api1.register(&common::unique("alice")).await.expect("alice");
     let bob = api1.register(&common::unique("bob")).await.expect("bob");

@@ -1,75 +1,16 @@
-//! `--routing sharded` and `--routing node` on a real Redis Cluster of 3 masters and 3
-//! replicas, started on loopback for each test and killed after it:
-//!
-//! - two gateway node processes exchange messages under steady traffic while the master
-//!   holding part of the partitions is killed with SIGKILL; its replica takes over, both
-//!   nodes resubscribe by themselves (in `node` mode they also write their presence
-//!   again), and the checker reports 0 lost;
-//! - the `redis` crate's own cluster resubscription, checked with channels in several
-//!   slots of one master and that master's failover: it sends one SSUBSCRIBE across slots,
-//!   which Redis refuses (CROSSSLOT), so the backplane does its own (src/backplane/cluster.rs).
+//! The `redis` crate's own cluster resubscription, checked on a real Redis Cluster of 3
+//! masters and 3 replicas with channels in several slots of one master and that master's
+//! failover: it sends one SSUBSCRIBE across slots, which Redis refuses (CROSSSLOT), so the
+//! `sharded` backplane resubscribes by itself (src/backplane/cluster.rs, docs/routing.md).
+//! The backplane's own behaviour on the cluster is in `backplane_conformance.rs`,
+//! `multinode.rs` and `faults.rs`.
 
 mod common;
 
 use std::time::Duration;
 
 use common::services::RedisCluster;
-use common::traffic::Workload;
-use common::{Proc, unique};
 use switchboard::backplane::slot;
-
-/// Clusters are six processes each: one test at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
-async fn a_master_killed_under_traffic_fails_over_and_loses_nothing() {
-    fails_over_under_traffic("sharded").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
-async fn node_mode_fails_over_under_traffic_and_loses_nothing() {
-    fails_over_under_traffic("node").await;
-}
-
-async fn fails_over_under_traffic(routing: &str) {
-    let _serial = SERIAL.lock().await;
-    let mut cluster = RedisCluster::start().await;
-    let database = format!("{}/{}", common::MYSQL_ROOT, unique("cluster"));
-    let env = vec![
-        ("DATABASE_URL".to_owned(), database),
-        ("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg()),
-        ("SWITCHBOARD_ROUTING".to_owned(), routing.to_owned()),
-    ];
-    let mut nodes = Vec::new();
-    for name in ["c1", "c2"] {
-        let mut node = Proc::spawn(&["--node-id".to_owned(), name.to_owned()], &env);
-        node.ready().await;
-        nodes.push(node);
-    }
-    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
-    let w = Workload::start(&addrs, 8, Duration::from_millis(150)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
-    // The master of slot 0 (another node's view of who is master may lag just after the start).
-    let victim = cluster.owner_of(0);
-    cluster.kill(victim);
-    cluster.wait_failover(victim).await;
-    // Traffic goes on through the new master.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let after = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
-    let report = w.finish(Duration::from_secs(40)).await;
-    println!("redis cluster master failover ({routing}): {report}; resubscribe commands on c1: {}", after - before);
-    assert!(report.accepted > 50, "too little traffic: {report}");
-    assert!(report.clean(), "{report}");
-    // In node mode c1 holds one subscription, on any master: it may have nothing to redo.
-    assert!(after > before || routing == "node", "the node never resubscribed after the failover");
-}
-
-async fn metric(node: &Proc, name: &str) -> f64 {
-    common::fleet::metric(node.admin, name, "").await.unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
 
 /// The crate's resubscription after a failover, with two channels in two slots of one
 /// master: the crate sends them in one SSUBSCRIBE, Redis answers CROSSSLOT, and neither
@@ -78,7 +19,6 @@ async fn metric(node: &Proc, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn the_redis_crates_cluster_resubscription_fails_with_crossslot() {
-    let _serial = SERIAL.lock().await;
     let mut cluster = RedisCluster::start().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
     let client = redis::cluster::ClusterClient::builder(cluster.urls())

@@ -34,14 +34,14 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::redis::{IO_TIMEOUT, ping};
+use super::wanted::{Command, Commands};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
-/// Bound on one Redis round trip; a dead master must not hang a request.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the watcher compares the topology and the subscriptions with what is wanted.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How soon the watcher looks after a sign of trouble (the crate needs a moment to notice
@@ -125,18 +125,12 @@ impl Partitions {
     }
 }
 
-enum Command {
-    Subscribe(Channel),
-    Unsubscribe(Channel),
-    Barrier(oneshot::Sender<()>),
-}
-
 pub struct RedisClusterBackplane {
     partitions: Partitions,
     metrics: Arc<Metrics>,
     /// The cluster connection once the first connect succeeded.
     conn: watch::Receiver<Option<ClusterConnection>>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     stop: CancellationToken,
 }
 
@@ -159,7 +153,7 @@ impl RedisClusterBackplane {
             .retries(2)
             .build()?;
         let (conn_tx, conn) = watch::channel(None);
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = Commands::channel();
         let stop = CancellationToken::new();
         let subscriber = Subscriber {
             partitions: partitions.clone(),
@@ -208,26 +202,19 @@ impl Backplane for RedisClusterBackplane {
     }
 
     fn subscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Subscribe(channel));
+        self.commands.subscribe(channel);
     }
 
     fn unsubscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Unsubscribe(channel));
+        self.commands.unsubscribe(channel);
     }
 
     async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.commands.barrier().await;
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        let mut conn = self.connection()?;
-        match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
-            Ok(res) => res.map(|_| ()).map_err(Into::into),
-            Err(_) => Err(BackplaneError::Timeout),
-        }
+        ping(&mut self.connection()?).await
     }
 }
 

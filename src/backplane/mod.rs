@@ -10,6 +10,9 @@
 //! they happened. [`Backplane::barrier`] waits until everything enqueued before it is
 //! confirmed, which is how a session knows it will see every later publish.
 //!
+//! The transports are [`MemoryBackplane`] (one process), [`RedisBackplane`] (Redis pub/sub)
+//! and [`NatsBackplane`] (core NATS, a cluster of servers).
+//!
 //! Incoming payloads and [`Event::Resynced`] (the connection was lost and every channel has
 //! been subscribed again) flow one way, into the hub's event channel.
 //!
@@ -18,7 +21,9 @@
 mod cluster;
 mod envelope;
 mod memory;
+mod nats;
 mod redis;
+mod wanted;
 
 use std::fmt;
 
@@ -31,6 +36,7 @@ use crate::model::{GroupId, UserId};
 pub use cluster::{Partitions, RedisClusterBackplane, slot};
 pub use envelope::Envelope;
 pub use memory::{MemoryBackplane, MemoryBus};
+pub use nats::NatsBackplane;
 pub use redis::RedisBackplane;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,11 +93,13 @@ pub enum Event {
 pub enum BackplaneError {
     #[error("backplane unavailable: {0}")]
     Redis(#[from] ::redis::RedisError),
+    #[error("backplane unavailable: {0}")]
+    Nats(String),
     #[error("backplane timed out")]
     Timeout,
     #[error("backplane not connected yet")]
     NotConnected,
-    #[error("--routing node needs Redis for its presence store")]
+    #[error("--routing node needs a Redis for its presence store")]
     NeedsRedis,
 }
 

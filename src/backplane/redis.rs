@@ -4,7 +4,6 @@
 //! and after a lost connection reconnects with backoff, subscribes the whole set again and
 //! emits [`Event::Resynced`].
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,14 +11,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::wanted::{Command, Commands, Wanted};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
 
-/// Bound on one Redis round trip; a dead Redis must not hang a request.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most channels named by one SUBSCRIBE.
 const SUBSCRIBE_CHUNK: usize = 1000;
 /// How often an idle pub/sub connection is pinged to notice a half-open socket.
@@ -41,17 +39,11 @@ impl Names {
     }
 }
 
-enum Command {
-    Subscribe(Channel),
-    Unsubscribe(Channel),
-    Barrier(oneshot::Sender<()>),
-}
-
 pub struct RedisBackplane {
     names: Names,
     metrics: Arc<Metrics>,
     publisher: ConnectionManager,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     stop: CancellationToken,
 }
 
@@ -71,11 +63,11 @@ impl RedisBackplane {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = Commands::channel();
         let stop = CancellationToken::new();
         let names = Names { prefix: prefix.into() };
         let subscriber =
-            Subscriber { client, names: names.clone(), events, metrics: metrics.clone(), wanted: HashSet::new() };
+            Subscriber { client, names: names.clone(), events, metrics: metrics.clone(), wanted: Wanted::default() };
         tokio::spawn(subscriber.run(rx, stop.clone()));
         Ok(Self { names, metrics, publisher, commands, stop })
     }
@@ -106,26 +98,19 @@ impl Backplane for RedisBackplane {
     }
 
     fn subscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Subscribe(channel));
+        self.commands.subscribe(channel);
     }
 
     fn unsubscribe(&self, channel: Channel) {
-        let _ = self.commands.send(Command::Unsubscribe(channel));
+        self.commands.unsubscribe(channel);
     }
 
     async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.commands.barrier().await;
     }
 
     async fn ping(&self) -> Result<(), BackplaneError> {
-        let mut conn = self.publisher.clone();
-        match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
-            Ok(res) => res.map(|_| ()).map_err(Into::into),
-            Err(_) => Err(BackplaneError::Timeout),
-        }
+        ping(&mut self.publisher.clone()).await
     }
 }
 
@@ -135,7 +120,7 @@ struct Subscriber {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     /// Every channel this node wants, whether or not Redis currently has it.
-    wanted: HashSet<Channel>,
+    wanted: Wanted,
 }
 
 impl Subscriber {
@@ -163,7 +148,7 @@ impl Subscriber {
                             () = &mut deadline => break,
                             () = stop.cancelled() => return,
                             cmd = commands.recv() => match cmd {
-                                Some(cmd) => self.apply_offline(cmd),
+                                Some(cmd) => self.wanted.apply_offline(cmd),
                                 None => return,
                             },
                         }
@@ -172,7 +157,7 @@ impl Subscriber {
                     continue;
                 }
             };
-            let all: Vec<String> = self.wanted.iter().map(|c| self.names.name(*c)).collect();
+            let all: Vec<String> = self.wanted.iter().map(|c| self.names.name(c)).collect();
             if !all.is_empty() && subscribe_all(&mut sink, &all).await.is_err() {
                 continue;
             }
@@ -228,22 +213,6 @@ impl Subscriber {
         }
     }
 
-    /// While disconnected: remember the wish and release barriers at once (the resubscribe
-    /// on reconnect covers them, followed by `Resynced`).
-    fn apply_offline(&mut self, cmd: Command) {
-        match cmd {
-            Command::Subscribe(c) => {
-                self.wanted.insert(c);
-            }
-            Command::Unsubscribe(c) => {
-                self.wanted.remove(&c);
-            }
-            Command::Barrier(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-
     /// Applies a batch in order with one SUBSCRIBE and one UNSUBSCRIBE per run of commands.
     /// Barriers are released after everything before them is confirmed.
     async fn apply_online(&mut self, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), ()> {
@@ -252,22 +221,18 @@ impl Subscriber {
         let mut barriers = Vec::new();
         let mut failed = false;
         for cmd in batch {
-            match cmd {
-                Command::Subscribe(c) => {
+            match self.wanted.apply(cmd) {
+                Ok((c, changed)) => {
+                    // The last wish for a channel wins within the batch.
                     let name = self.names.name(c);
-                    unsubs.retain(|n| *n != name);
-                    if self.wanted.insert(c) {
-                        subs.push(name);
+                    let (to, from) =
+                        if self.wanted.contains(&c) { (&mut subs, &mut unsubs) } else { (&mut unsubs, &mut subs) };
+                    from.retain(|n| *n != name);
+                    if changed {
+                        to.push(name);
                     }
                 }
-                Command::Unsubscribe(c) => {
-                    let name = self.names.name(c);
-                    subs.retain(|n| *n != name);
-                    if self.wanted.remove(&c) {
-                        unsubs.push(name);
-                    }
-                }
-                Command::Barrier(done) => {
+                Err(done) => {
                     if !failed {
                         failed = self.flush(sink, &mut subs, &mut unsubs).await.is_err();
                     }
@@ -324,3 +289,14 @@ const RECONNECT: crate::backoff::Backoff = crate::backoff::Backoff {
     cap: Duration::from_secs(5),
     jitter: crate::backoff::Jitter::Percent(50),
 };
+
+/// Bound on one round trip to the backplane's server; a dead server must not hang a request.
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `PING` on a Redis connection within [`IO_TIMEOUT`].
+pub(super) async fn ping<C: redis::aio::ConnectionLike + Send>(conn: &mut C) -> Result<(), BackplaneError> {
+    match tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(conn)).await {
+        Ok(res) => res.map(|_| ()).map_err(Into::into),
+        Err(_) => Err(BackplaneError::Timeout),
+    }
+}

@@ -234,8 +234,10 @@ enum Op {
     Barrier(oneshot::Sender<()>),
     /// Write every wanted field again (Redis may have restarted empty).
     Again(oneshot::Sender<()>),
-    /// A slot lost this node's writes (on a cluster, a replica that lacked them took over,
-    /// with no `Resynced` here): write everything again and catch the sessions up.
+    /// Redis lost (or may lack) this node's entries: the liveness key or, on a cluster, a
+    /// marker was found gone (a replica that lacked them took over, with no `Resynced`
+    /// here), or a write failed. Write them again, then catch the users up (publishes were
+    /// routed past them meanwhile).
     Lost,
 }
 
@@ -507,25 +509,47 @@ impl Liveness {
         batch
     }
 
-    /// Keeps the key (and the markers) set, at a third of its TTL, until stopped. A marker
-    /// found missing once all were set means its slot lost this node's fields: the writer
-    /// writes everything again ([`Op::Lost`]).
+    /// Keeps the key (and on a cluster the markers) set, at a third of its TTL, until
+    /// stopped. One found gone once all were set (Redis restarted, a replica without them
+    /// took over a slot, or Redis was out of reach past the TTL) has the writer write every
+    /// entry again ([`Op::Lost`]): a presence Redis that is not the backplane's, or a slot
+    /// of a master that held no subscription of this node, is lost unnoticed otherwise.
     async fn refresh(self, conn: Conn, ops: mpsc::UnboundedSender<Op>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.ttl / 3);
         let mut planted = false;
+        // `SET … GET` needs Redis 6.2 (a cluster has 7); an older one gets the plain SET (and
+        // no detection).
+        let mut with_get = true;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let mut batch = self.set();
+                    let mut batch = Batch::default();
+                    let ttl = self.ttl.as_millis() as u64;
+                    let set = batch.add(self.key.clone(), "SET").arg(&self.node).arg("PX").arg(ttl);
+                    if with_get {
+                        set.arg("GET");
+                    }
                     for marker in &self.markers {
-                        batch.add(marker.clone(), "SET").arg(1).arg("PX").arg(self.ttl.as_millis() as u64).arg("GET");
+                        batch.add(marker.clone(), "SET").arg(1).arg("PX").arg(ttl).arg("GET");
                     }
                     let (replies, failed) = conn.send(batch).await;
-                    if let Some(e) = &failed {
-                        tracing::warn!(error = %e, "presence liveness refresh failed");
+                    match &failed {
+                        Some(BackplaneError::Redis(e))
+                            if with_get
+                                && self.markers.is_empty()
+                                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                        {
+                            tracing::warn!(error = %e, "this Redis has no SET … GET; presence loss is noticed on failed writes only");
+                            with_get = false;
+                            tick.reset_immediately();
+                            continue;
+                        }
+                        Some(e) => tracing::warn!(error = %e, "presence liveness refresh failed"),
+                        None => {}
                     }
-                    if planted && replies.iter().skip(1).any(|r| matches!(r, Some(Value::Nil))) {
-                        tracing::warn!("presence lost by a slot (a failover to a replica without it): writing it again");
+                    let gone = replies.iter().enumerate().any(|(i, r)| (i > 0 || with_get) && matches!(r, Some(Value::Nil)));
+                    if planted && gone {
+                        tracing::warn!("presence liveness key or marker was gone; writing this node's presence again");
                         let _ = ops.send(Op::Lost);
                     }
                     planted |= failed.is_none();
@@ -564,12 +588,7 @@ impl Writer {
                     None => return,
                 },
                 () = tokio::time::sleep(Duration::from_secs(1)), if retry => {
-                    self.apply(vec![Op::Again(oneshot::channel().0)]).await;
-                    if !self.dirty {
-                        // Publishes routed past this node meanwhile are in the store.
-                        let users = self.wanted.iter().copied().collect();
-                        let _ = self.events.send(Event::CatchUp(users)).await;
-                    }
+                    self.apply(vec![Op::Lost]).await;
                     continue;
                 }
                 () = stop.cancelled() => return,
@@ -602,13 +621,13 @@ impl Writer {
                     }
                 }
                 Op::Barrier(done) => waiting.push(done),
-                Op::Again(done) => {
-                    again = true;
-                    waiting.push(done);
-                }
                 Op::Lost => {
                     again = true;
                     lost = true;
+                }
+                Op::Again(done) => {
+                    again = true;
+                    waiting.push(done);
                 }
             }
         }
@@ -620,14 +639,14 @@ impl Writer {
         if again {
             arrived = self.write_all().await;
             self.dirty = arrived.is_empty() && !self.wanted.is_empty();
-            if lost && !arrived.is_empty() {
-                // Publishes were routed past these sessions since the loss: no `Resynced`
-                // tells the hub, so this does (and once more after the cache, below).
-                let _ = self.events.send(Event::CatchUp(arrived.clone())).await;
-            }
         }
         for done in waiting {
             let _ = done.send(());
+        }
+        if lost && !self.dirty {
+            // Publishes routed past this node while its entries were gone are in the store.
+            let users = self.wanted.iter().copied().collect();
+            let _ = self.events.send(Event::CatchUp(users)).await;
         }
         if (written || again)
             && !arrived.is_empty()

@@ -269,3 +269,129 @@ fn cluster_base_port() -> u16 {
         }
     }
 }
+
+/// One `nats-server` of a [`NatsCluster`].
+pub struct NatsMember {
+    /// Client port.
+    pub port: u16,
+    /// Route (cluster) port.
+    pub cluster_port: u16,
+    /// HTTP monitoring port (`/routez`).
+    pub monitor_port: u16,
+    child: Option<Child>,
+}
+
+/// `n` `nats-server` processes on loopback joined by routes into one cluster; each can be
+/// killed (SIGKILL) and started again, and all stop when this is dropped.
+pub struct NatsCluster {
+    pub name: String,
+    pub members: Vec<NatsMember>,
+}
+
+/// Starts a cluster of `n` servers and waits until every route is up.
+pub async fn nats_cluster(n: usize) -> NatsCluster {
+    let members = (0..n)
+        .map(|_| NatsMember { port: free_port(), cluster_port: free_port(), monitor_port: free_port(), child: None })
+        .collect();
+    let mut cluster = NatsCluster { name: super::unique("sbnats"), members };
+    for i in 0..n {
+        cluster.launch(i);
+    }
+    cluster.wait_routes().await;
+    cluster
+}
+
+impl NatsCluster {
+    fn launch(&mut self, i: usize) {
+        let routes: Vec<String> = (self.members.iter().enumerate())
+            .filter(|(j, _)| *j != i)
+            .map(|(_, m)| format!("nats://127.0.0.1:{}", m.cluster_port))
+            .collect();
+        let m = &self.members[i];
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &m.port.to_string(), "-m", &m.monitor_port.to_string()])
+            .args(["-n", &format!("{}-{i}", self.name), "--cluster_name", &self.name])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", m.cluster_port), "--routes", &routes.join(",")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("cannot start nats-server");
+        self.members[i].child = Some(child);
+    }
+
+    /// `nats://127.0.0.1:port` of member `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.members[i].port)
+    }
+
+    /// Every member's URL, comma-separated (the form of NATS_URL).
+    pub fn urls(&self) -> String {
+        (0..self.members.len()).map(|i| self.url(i)).collect::<Vec<_>>().join(",")
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.members.len()).filter(|&i| self.members[i].child.is_some()).collect()
+    }
+
+    /// Waits until every running member has a route to every other running member.
+    pub async fn wait_routes(&self) {
+        let running = self.running();
+        for _ in 0..300 {
+            let mut all = true;
+            for &i in &running {
+                let api = switchboard::client::Api::new(([127, 0, 0, 1], self.members[i].monitor_port).into());
+                let routes = match api.get("/routez").await {
+                    Ok((status, body)) if status == 200 => body["num_routes"].as_u64().unwrap_or(0),
+                    _ => 0,
+                };
+                let open = std::net::TcpStream::connect(("127.0.0.1", self.members[i].port)).is_ok();
+                all &= open && routes as usize + 1 >= running.len();
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the NATS cluster's routes did not come up");
+    }
+
+    /// How many client connections named `name` each member holds (0 for a stopped one).
+    pub async fn clients_named(&self, name: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            let mut n = 0;
+            if m.child.is_some() {
+                let api = switchboard::client::Api::new(([127, 0, 0, 1], m.monitor_port).into());
+                if let Ok((_, body)) = api.get("/connz").await {
+                    let conns = body["connections"].as_array().cloned().unwrap_or_default();
+                    n = conns.iter().filter(|c| c["name"] == name).count();
+                }
+            }
+            out.push(n);
+        }
+        out
+    }
+
+    /// Kills member `i` with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its ports and waits until the cluster is whole.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.launch(i);
+        self.wait_routes().await;
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
