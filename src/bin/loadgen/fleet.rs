@@ -721,7 +721,7 @@ async fn simulate(opts: &FleetOpts, mode: Routing, n: usize) -> Result<String, S
         ("mode", mode.name().to_owned()),
         ("nodes", n.to_string()),
         ("subs_node", format!("{subs_node:.1}")),
-        ("redis_channels", format!("{}", after.num("pubsub_channels") + after.num("pubsub_shardchannels"))),
+        ("redis_channels", format!("{}", after.num("pubsub_channels") + after.num("pubsubshard_channels"))),
         ("sub_s", format!("{:.1}", (end.2 - start.2) as f64 / secs)),
         ("recv_node_s", format!("{:.1}", received / n as f64 / secs)),
         ("kb_node_s", format!("{:.2}", (end.1 - start.1) as f64 / 1024.0 / n as f64 / secs)),
