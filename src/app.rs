@@ -103,11 +103,18 @@ impl App {
             (None, None, Some(client)) => Some(Keyspace::Redis(client.clone())),
             (None, None, None) => None,
         };
-        if let Some(keys) = keyspace {
-            routing::agree(&keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
-            let keep = routing::keep_agreeing(keys, prefix.clone(), config.routing);
+        if let Some(keys) = &keyspace {
+            routing::agree(keys, &prefix, config.routing).await.map_err(|e| StartError::Routing(e.to_string()))?;
+            let keep = routing::keep_agreeing(keys.clone(), prefix.clone(), config.routing);
             agreeing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep)));
         }
+        // The presence store (`--routing node`): the presence Redis if set, else the
+        // backplane's Redis or Redis Cluster.
+        let presence_keys = match (&presence_redis, &keyspace) {
+            (Some(client), _) => Some(Keyspace::Redis(client.clone())),
+            (None, Some(Keyspace::Cluster(client))) => Some(Keyspace::Cluster(client.clone())),
+            _ => None,
+        };
         let nats = config.nats_urls();
         // The transport: Redis pub/sub, a Redis Cluster's sharded pub/sub, NATS, or the
         // in-process bus of a single node.
@@ -132,7 +139,7 @@ impl App {
         };
         let setup = routing::Setup {
             mode: config.routing,
-            redis: presence_redis.as_ref(),
+            redis: presence_keys.as_ref(),
             prefix: &prefix,
             node: &node,
             presence: config.presence(),

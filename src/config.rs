@@ -65,12 +65,13 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// Backplane on a Redis Cluster (Redis 7): some of its nodes, comma-separated
-    /// (`redis://h1:p1,redis://h2:p2`); the rest are discovered. Needs `--routing sharded`.
+    /// (`redis://h1:p1,redis://h2:p2`); the rest are discovered. With `--routing sharded` or
+    /// `--routing node`.
     #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',', num_args = 1..)]
     pub redis_cluster_urls: Vec<String>,
 
-    /// `--routing sharded`: how many hash-tag partitions spread the channels over the
-    /// cluster's slots (128 to 1024). Subscriptions and resubscriptions cost one command per
+    /// On a Redis Cluster (`--routing sharded` or `node`): how many hash-tag partitions spread
+    /// the channels over the cluster's slots (128 to 1024). Subscriptions and resubscriptions cost one command per
     /// partition; every node of a fleet must use the same.
     #[arg(long, env = "SWITCHBOARD_SHARD_PARTITIONS", default_value_t = 128)]
     pub shard_partitions: u16,
@@ -275,9 +276,26 @@ impl Config {
         if set.len() > 1 {
             return Err(format!("{} are set, but a node has one backplane: unset all but one", set.join(" and ")));
         }
-        let sharded = self.routing == Routing::Sharded;
-        if sharded == self.redis_cluster_urls.is_empty() {
-            return Err("--routing sharded and REDIS_CLUSTER_URLS go together: sharded pub/sub needs a Redis Cluster, and a Redis Cluster is used in sharded routing".into());
+        let cluster = !self.redis_cluster_urls.is_empty();
+        match self.routing {
+            Routing::Sharded if !cluster => {
+                return Err("--routing sharded needs REDIS_CLUSTER_URLS: sharded pub/sub needs a Redis Cluster".into());
+            }
+            Routing::Group | Routing::Broadcast if cluster => {
+                return Err(format!(
+                    "--routing {} does not run on a Redis Cluster (REDIS_CLUSTER_URLS): use --routing sharded (group's channels on the cluster) or --routing node",
+                    self.routing.name()
+                ));
+            }
+            Routing::Node if self.presence_redis().is_none() && !cluster => {
+                return Err("--routing node needs a Redis for its presence store: REDIS_URL, REDIS_CLUSTER_URLS, or SWITCHBOARD_PRESENCE_REDIS_URL with NATS_URL".into());
+            }
+            _ => {}
+        }
+        if cluster && self.channel_prefix.contains(['{', '}']) {
+            return Err(
+                "--channel-prefix must not contain { or } on a Redis Cluster (they would change the hash tags)".into(),
+            );
         }
         if !(128..=1024).contains(&self.shard_partitions) {
             return Err("--shard-partitions must be between 128 and 1024".into());
@@ -286,9 +304,6 @@ impl Config {
             if !url.starts_with("redis://") && !url.starts_with("rediss://") {
                 return Err(format!("REDIS_CLUSTER_URLS entries must start with redis://, got {url:?}"));
             }
-        }
-        if self.routing == Routing::Node && self.presence_redis().is_none() {
-            return Err("--routing node needs a Redis for its presence store: REDIS_URL, or SWITCHBOARD_PRESENCE_REDIS_URL with NATS_URL".into());
         }
         if self.presence_ttl < Duration::from_millis(300) {
             return Err("--presence-ttl must be at least 300ms".into());
@@ -635,12 +650,22 @@ mod tests {
         let c = Config::from_args(["--tls-ca-file", "/nonexistent/ca.pem"]).expect("parses");
         assert!(c.validate().expect_err("no such CA file").contains("SWITCHBOARD_TLS_CA_FILE"));
         let c = Config::from_args(["--routing", "node"]).expect("parses");
-        assert!(c.validate().expect_err("node mode without Redis").contains("REDIS_URL"));
+        assert!(c.validate().expect_err("node mode without Redis").contains("REDIS_URL, REDIS_CLUSTER_URLS"));
         let c = Config::from_args(["--routing", "sharded"]).expect("parses");
         assert!(c.validate().expect_err("sharded without a cluster").contains("REDIS_CLUSTER_URLS"));
         let c = Config::from_args(["--redis-cluster-urls", "redis://a:1,redis://b:2"]).expect("parses");
         assert_eq!(c.redis_cluster_urls.len(), 2);
-        assert!(c.validate().expect_err("a cluster in group routing").contains("sharded"));
+        assert!(c.validate().expect_err("a cluster in group routing").contains("--routing sharded"));
+        let c = Config::from_args(["--routing", "broadcast", "--redis-cluster-urls", "redis://a:1"]).expect("parses");
+        assert!(c.validate().expect_err("a cluster in broadcast routing").contains("--routing broadcast does not run"));
+        let node = ["--routing", "node", "--redis-cluster-urls", "redis://a:1"];
+        assert!(Config::from_args(node).expect("parses").validate().is_ok(), "node routing on a cluster");
+        let braces = ["--routing", "node", "--redis-cluster-urls", "redis://a:1", "--channel-prefix", "a{b}:"];
+        assert!(
+            Config::from_args(braces).expect("parses").validate().expect_err("braces").contains("--channel-prefix")
+        );
+        let braces = ["--routing", "node", "--redis-url", "redis://a:1", "--channel-prefix", "a{b}:"];
+        assert!(Config::from_args(braces).expect("parses").validate().is_ok(), "braces are harmless on one Redis");
         let both = ["--routing", "sharded", "--redis-cluster-urls", "redis://a:1", "--redis-url", "redis://b:2"];
         assert!(
             Config::from_args(both).expect("parses").validate().expect_err("two backplanes").contains("one backplane")

@@ -1,8 +1,10 @@
 //! One `Backplane` conformance suite, run in every routing mode (docs/routing.md) against
-//! the in-process backplane (two nodes on one bus) and Redis (two nodes on one server); plus
-//! recovery after the pub/sub connection is killed, and in `node` mode after Redis restarts
-//! empty. The same suite runs on NATS: a 3-server cluster with the two nodes on different
-//! servers, and recovery when a node's server is killed with SIGKILL.
+//! the in-process backplane (two nodes on one bus), Redis (two nodes on one server) and a
+//! Redis Cluster (`sharded` and `node` mode); plus recovery after the pub/sub connection is
+//! killed, in `node` mode after Redis restarts empty, and on the cluster after a master
+//! fails over (in `node` mode with the presence store lost). The same suite runs on NATS: a
+//! 3-server cluster with the two nodes on different servers, and recovery when a node's
+//! server is killed with SIGKILL.
 //!
 //! What a node asks for it gets, once per publish and in order, in every mode. `group` and
 //! `node` mode are also exact (a node gets nothing it did not ask for); `broadcast` is not,
@@ -23,7 +25,7 @@ use switchboard::backplane::{
 };
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId};
-use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
+use switchboard::routing::{self, Directory, Keyspace, PresenceConfig, Routing, Setup};
 use tokio::sync::mpsc;
 
 type Node = (Arc<dyn Backplane>, mpsc::Receiver<Event>);
@@ -151,30 +153,38 @@ impl Directory for Mirror {
     }
 }
 
-/// Puts a node of `mode` on a transport built by `connect` for the events it is given.
-fn routed(mode: Routing, url: Option<&str>, connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>) -> Node {
-    routed_with(mode, url, Duration::ZERO, connect)
+/// Puts a node of `mode` on a transport built by `connect` for the events it is given; its
+/// presence store (`node` mode) in `keys`.
+fn routed(
+    mode: Routing,
+    keys: Option<Keyspace>,
+    connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>,
+) -> Node {
+    let (routed, rx) = routed_with(mode, keys, Duration::ZERO, connect);
+    (routed.backplane, rx)
 }
 
 fn routed_with(
     mode: Routing,
-    url: Option<&str>,
+    keys: Option<Keyspace>,
     cache: Duration,
     connect: impl FnOnce(mpsc::Sender<Event>) -> Arc<dyn Backplane>,
-) -> Node {
+) -> (routing::Routed, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(1024);
-    let client = url.map(|url| redis::Client::open(url).expect("redis url"));
     let setup = Setup {
         mode,
-        redis: client.as_ref(),
+        redis: keys.as_ref(),
         prefix: "conformance:",
         node: "n",
         presence: PresenceConfig { ttl: Duration::from_secs(2), cache },
         directory: Arc::new(Mirror),
         metrics: Arc::new(Metrics::new("t")),
     };
-    let routed = routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane");
-    (routed.backplane, rx)
+    (routing::build(setup, tx, |events| Ok(connect(events))).expect("routed backplane"), rx)
+}
+
+fn single(url: &str) -> Option<Keyspace> {
+    Some(Keyspace::Redis(redis::Client::open(url).expect("redis url")))
 }
 
 fn memory_pair(mode: Routing) -> (Node, Node) {
@@ -190,7 +200,7 @@ fn redis_transport(url: &str, events: mpsc::Sender<Event>) -> Arc<dyn Backplane>
 }
 
 fn redis_node(mode: Routing, url: &str) -> Node {
-    routed(mode, Some(url), |tx| redis_transport(url, tx))
+    routed(mode, single(url), |tx| redis_transport(url, tx))
 }
 
 #[tokio::test]
@@ -295,7 +305,8 @@ async fn node_mode_writes_its_presence_again_after_a_redis_restart() {
 async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     let url = common::redis_url();
     let cache = Duration::from_millis(300);
-    let (b, mut rx) = routed_with(Routing::Node, Some(&url), cache, |tx| redis_transport(&url, tx));
+    let (b, mut rx) = routed_with(Routing::Node, single(&url), cache, |tx| redis_transport(&url, tx));
+    let b = b.backplane;
     let user = random_id();
     let started = tokio::time::Instant::now();
     b.subscribe(Channel::User(user));
@@ -305,29 +316,79 @@ async fn node_mode_catches_up_arrivals_once_the_cache_has_expired() {
     assert!(started.elapsed() >= cache, "caught up before the cache expired");
 }
 
-fn cluster_node(urls: &[String]) -> Node {
-    routed(Routing::Sharded, None, |tx| {
-        let partitions = Partitions::new("conformance:", 128);
+const CLUSTER_PARTITIONS: u16 = 128;
+
+/// A node of `mode` (`sharded` or `node`) on the cluster reachable at `urls`, and its node
+/// channel in `node` mode.
+fn cluster_node(mode: Routing, urls: &[String]) -> (Node, Option<Channel>) {
+    let keys = Keyspace::Cluster(redis::cluster::ClusterClient::new(urls.to_vec()).expect("cluster client"));
+    let (routed, rx) = routed_with(mode, Some(keys), Duration::ZERO, |tx| {
+        let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
         let metrics = Arc::new(Metrics::new("t"));
         let cluster = redis::cluster::ClusterClient::builder(urls.to_vec());
         Arc::new(RedisClusterBackplane::connect(cluster, partitions, tx, metrics).expect("cluster backplane"))
-    })
+    });
+    let channel = routed.presence.map(|p| Channel::Node(p.incarnation()));
+    ((routed.backplane, rx), channel)
 }
 
-/// Two nodes on a 3-master Redis Cluster, each connected once (the first `Resynced`).
-async fn cluster_pair(cluster: &RedisCluster) -> (Node, Node) {
-    let (a, mut a_rx) = cluster_node(&cluster.urls()[..1]);
-    let (b, mut b_rx) = cluster_node(&cluster.urls()[3..]);
+/// Two nodes of `mode` on a 3-master Redis Cluster, each connected once (the first
+/// `Resynced`); and the second one's node channel in `node` mode.
+async fn cluster_pair(mode: Routing, cluster: &RedisCluster) -> (Node, Node, Option<Channel>) {
+    let ((a, mut a_rx), _) = cluster_node(mode, &cluster.urls()[..1]);
+    let ((b, mut b_rx), b_channel) = cluster_node(mode, &cluster.urls()[3..]);
     assert!(resynced(&mut a_rx).await && resynced(&mut b_rx).await, "no first Resynced on the cluster");
-    ((a, a_rx), (b, b_rx))
+    ((a, a_rx), (b, b_rx), b_channel)
+}
+
+/// Clusters are six processes each: one test at a time.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn cluster_conforms(mode: Routing) {
+    let _one = CLUSTER.lock().await;
+    let cluster = RedisCluster::start().await;
+    let (a, b, _) = cluster_pair(mode, &cluster).await;
+    suite(mode, a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_cluster_backplane_conforms_in_sharded_mode() {
+    cluster_conforms(Routing::Sharded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn redis_cluster_backplane_conforms_in_node_mode() {
+    cluster_conforms(Routing::Node).await;
+}
+
+/// One publish batch to users of every presence partition, half of them on each node: the
+/// lookups split into a pipeline per slot and their answers come back to the right users,
+/// so each node gets exactly its users' messages, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn node_mode_on_a_cluster_routes_a_batch_over_every_partition_exactly() {
+    let _one = CLUSTER.lock().await;
     let cluster = RedisCluster::start().await;
-    let (a, b) = cluster_pair(&cluster).await;
-    suite(Routing::Sharded, a, b).await;
+    let ((a, mut a_rx), (b, mut b_rx), _) = cluster_pair(Routing::Node, &cluster).await;
+    let base = random_id();
+    let users: Vec<UserId> = (base..base + 200).collect();
+    for u in &users {
+        let node = if u % 2 == 0 { &a } else { &b };
+        node.subscribe(Channel::User(*u));
+    }
+    a.barrier().await;
+    b.barrier().await;
+    let batch: Vec<(Channel, Bytes)> = users.iter().map(|u| (Channel::User(*u), Bytes::from(u.to_string()))).collect();
+    a.publish(&batch).await.expect("publish");
+    for (rx, parity) in [(&mut a_rx, 0), (&mut b_rx, 1)] {
+        for u in users.iter().filter(|u| *u % 2 == parity) {
+            let got = next_payload(rx, Duration::from_secs(3)).await;
+            assert_eq!(got, Some((Channel::User(*u), Bytes::from(u.to_string()))));
+        }
+        assert_eq!(next_payload(rx, Duration::from_millis(300)).await, None, "a message for the other node");
+    }
 }
 
 /// Killing the master that holds a channel's partition: its replica takes over, the node
@@ -335,8 +396,9 @@ async fn redis_cluster_backplane_conforms_in_sharded_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; scripts/test runs it"]
 async fn redis_cluster_backplane_resubscribes_after_a_master_failover() {
+    let _one = CLUSTER.lock().await;
     let mut cluster = RedisCluster::start().await;
-    let ((a, _a_rx), (b, mut b_rx)) = cluster_pair(&cluster).await;
+    let ((a, _a_rx), (b, mut b_rx), _) = cluster_pair(Routing::Sharded, &cluster).await;
     let g = Channel::Group(random_id());
     // Subscriptions on every master, so the failover leaves some untouched.
     let others: Vec<Channel> = (0..50).map(|_| Channel::Group(random_id())).collect();
@@ -345,7 +407,7 @@ async fn redis_cluster_backplane_resubscribes_after_a_master_failover() {
         b.subscribe(*c);
     }
     b.barrier().await;
-    let partitions = Partitions::new("conformance:", 128);
+    let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
     let victim = cluster.owner_of(slot(partitions.name(g).as_bytes()));
     cluster.kill(victim);
     cluster.wait_failover(victim).await;
@@ -376,6 +438,128 @@ async fn delivered(a: &Arc<dyn Backplane>, rx: &mut mpsc::Receiver<Event>, c: Ch
     false
 }
 
+/// `node` mode on the cluster after a master failover that lost the presence store (every
+/// master flushed first, the flush replicated): the node resubscribes its channel on the
+/// new master, writes its liveness key and its users' fields again, says `Resynced`, and is
+/// routed to again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn node_mode_on_a_cluster_writes_its_presence_again_after_a_master_failover() {
+    let _one = CLUSTER.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let ((a, _a_rx), (b, mut b_rx), b_channel) = cluster_pair(Routing::Node, &cluster).await;
+    let user = random_id();
+    b.subscribe(Channel::User(user));
+    b.barrier().await;
+    a.publish(&[(Channel::User(user), Bytes::from_static(b"before"))]).await.expect("publish");
+    assert_eq!(next_payload(&mut b_rx, Duration::from_secs(3)).await.map(|(_, p)| p), Some("before".into()));
+    cluster.flush_masters();
+    let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
+    let victim = cluster.owner_of(slot(partitions.name(b_channel.expect("node channel")).as_bytes()));
+    cluster.kill(victim);
+    cluster.wait_failover(victim).await;
+    assert!(resynced(&mut b_rx).await, "no Resynced after the failover");
+    assert!(delivered(&a, &mut b_rx, Channel::User(user)).await, "the presence was not written again");
+}
+
+/// The transport below a node, recording the logical channel of every payload it is given.
+struct Recording {
+    inner: Arc<dyn Backplane>,
+    sent: Arc<std::sync::Mutex<Vec<Channel>>>,
+}
+
+#[async_trait]
+impl Backplane for Recording {
+    async fn publish(&self, messages: &[(Channel, Bytes)]) -> Result<(), switchboard::backplane::BackplaneError> {
+        let logical = messages.iter().filter_map(|(_, p)| {
+            let line = p.split(|b| *b == b'\n').next()?;
+            Channel::parse(std::str::from_utf8(line).ok()?)
+        });
+        self.sent.lock().expect("lock").extend(logical);
+        self.inner.publish(messages).await
+    }
+    fn subscribe(&self, channel: Channel) {
+        self.inner.subscribe(channel);
+    }
+    fn unsubscribe(&self, channel: Channel) {
+        self.inner.unsubscribe(channel);
+    }
+    async fn barrier(&self) {
+        self.inner.barrier().await;
+    }
+    async fn ping(&self) -> Result<(), switchboard::backplane::BackplaneError> {
+        self.inner.ping().await
+    }
+}
+
+/// While a master is down (before its replica takes over), lookups in its slots fail but the
+/// others still route: a batch to users of every presence partition is handed to the
+/// transport for the users whose hashes are on the other masters (printed: the crate may
+/// fail every slot for a while), and the publish reports the failure. Once the replica took
+/// over, and the node wrote again what the replica may have lacked, every user is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; scripts/test runs it"]
+async fn node_mode_on_a_cluster_routes_what_it_can_while_a_master_is_down() {
+    let _one = CLUSTER.lock().await;
+    let mut cluster = RedisCluster::start().await;
+    let urls = cluster.urls();
+    let keys = Keyspace::Cluster(redis::cluster::ClusterClient::new(urls.clone()).expect("cluster client"));
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, mut a_rx) = routed_with(Routing::Node, Some(keys), Duration::ZERO, |tx| {
+        let partitions = Partitions::new("conformance:", CLUSTER_PARTITIONS);
+        let inner = RedisClusterBackplane::connect(
+            redis::cluster::ClusterClient::builder(urls.clone()),
+            partitions,
+            tx,
+            Arc::new(Metrics::new("t")),
+        )
+        .expect("cluster");
+        Arc::new(Recording { inner: Arc::new(inner), sent: sent.clone() })
+    });
+    let ((b, mut b_rx), _) = cluster_node(Routing::Node, &cluster.urls()[3..]);
+    assert!(resynced(&mut a_rx).await && resynced(&mut b_rx).await, "no first Resynced on the cluster");
+    let a = a.backplane;
+    let base = random_id();
+    let users: Vec<UserId> = (base..base + 200).collect();
+    for u in &users {
+        b.subscribe(Channel::User(*u));
+    }
+    b.barrier().await;
+    let victim = cluster.owner_of(0);
+    cluster.kill(victim);
+    let batch: Vec<(Channel, Bytes)> = users.iter().map(|u| (Channel::User(*u), Bytes::from_static(b"x"))).collect();
+    // For a second, well before the replica takes over (the cluster notices a dead master
+    // after 1.5 s; the crate may fail everything for a moment while it reconnects).
+    let (mut failed, mut most) = (false, 0);
+    let outage = tokio::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(1) {
+        failed |= a.publish(&batch).await.is_err();
+        let routed: std::collections::HashSet<Channel> = sent.lock().expect("lock").drain(..).collect();
+        assert!(routed.iter().all(|c| batch.iter().any(|(b, _)| b == c)), "routed what was not published");
+        most = most.max(routed.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "no lookup on the dead master failed");
+    // A third of the users' hashes or so are on the dead master; the others are routed,
+    // unless the crate's cluster connection fails every slot while it reconnects (it does,
+    // at times, for longer than this second).
+    println!("at most {most} of 200 users routed while a master was down");
+    assert!(most < 200, "users on the dead master routed");
+    // Once the replica took over (and b wrote again what it may have lacked), every user is
+    // routed again.
+    cluster.wait_failover(victim).await;
+    let started = tokio::time::Instant::now();
+    let mut routed = 0;
+    while routed < 200 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sent.lock().expect("lock").clear();
+        if a.publish(&batch).await.is_ok() {
+            routed = sent.lock().expect("lock").len();
+        }
+    }
+    assert_eq!(routed, 200, "not every user routed again after the failover");
+}
+
 fn nats_transport(urls: &[String], events: mpsc::Sender<Event>) -> Arc<dyn Backplane> {
     let metrics = Arc::new(Metrics::new("t"));
     Arc::new(NatsBackplane::connect(urls, "conformance:", None, events, metrics).expect("nats"))
@@ -383,7 +567,7 @@ fn nats_transport(urls: &[String], events: mpsc::Sender<Event>) -> Arc<dyn Backp
 
 /// A node of `mode` on NATS at `urls` (node mode keeps its presence in the shared Redis).
 fn nats_node(mode: Routing, urls: &[String], presence: Option<&str>) -> Node {
-    routed(mode, presence, |tx| nats_transport(urls, tx))
+    routed(mode, presence.and_then(single), |tx| nats_transport(urls, tx))
 }
 
 /// Waits for the first `Resynced` of a fresh node (its first connect).

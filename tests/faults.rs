@@ -245,13 +245,26 @@ async fn node_mode_a_node_killed_with_sigkill_stops_being_routed_to_and_loses_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
 async fn a_redis_cluster_master_killed_under_traffic_fails_over_and_loses_nothing() {
+    redis_cluster_master_killed("sharded").await;
+}
+
+/// `--routing node` on a 3-master Redis Cluster, the same: the node whose channel moved
+/// resubscribes, and every node writes again the presence the replica may lack (it may not
+/// have finished its first sync: the cluster was just made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and MariaDB; scripts/test runs it"]
+async fn node_mode_a_redis_cluster_master_killed_under_traffic_loses_nothing() {
+    redis_cluster_master_killed("node").await;
+}
+
+async fn redis_cluster_master_killed(routing: &str) {
     let _serial = SERIAL.lock().await;
     let mut cluster = RedisCluster::start().await;
     let database = format!("{}/{}", common::MYSQL_ROOT, unique("cluster"));
     let env = vec![
         ("DATABASE_URL".to_owned(), database),
         ("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg()),
-        ("SWITCHBOARD_ROUTING".to_owned(), "sharded".to_owned()),
+        ("SWITCHBOARD_ROUTING".to_owned(), routing.to_owned()),
     ];
     let mut nodes = Vec::new();
     for name in ["c1", "c2"] {
@@ -263,15 +276,17 @@ async fn a_redis_cluster_master_killed_under_traffic_fails_over_and_loses_nothin
     let w = Workload::start(&addrs, PAIRS, INTERVAL).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
-    let victim = cluster.masters()[0];
+    // The master of slot 0 (another node's view of who is master may lag just after the start).
+    let victim = cluster.owner_of(0);
     cluster.kill(victim);
     cluster.wait_failover(victim).await;
     // Traffic goes on through the new master.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = metric(&nodes[0], "switchboard_backplane_resubscribe_commands_total").await;
     println!("resubscribe commands on c1 after the failover: {}", after - before);
-    assert!(after > before, "the node never resubscribed after the failover");
-    verdict("redis cluster master killed with SIGKILL", w).await;
+    // In node mode c1 holds one subscription, on any master: it may have nothing to redo.
+    assert!(after > before || routing == "node", "the node never resubscribed after the failover");
+    verdict(&format!("redis cluster master killed with SIGKILL, {routing} routing"), w).await;
 }
 
 async fn metric(node: &Proc, name: &str) -> f64 {

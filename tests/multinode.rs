@@ -82,12 +82,20 @@ async fn two_node_processes_exchange_messages_over_a_nats_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs MariaDB and redis-server; scripts/test runs it"]
 async fn two_node_processes_exchange_messages_on_a_redis_cluster_in_sharded_mode() {
+    exchange_on_a_redis_cluster("sharded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB and redis-server; scripts/test runs it"]
+async fn two_node_processes_exchange_messages_on_a_redis_cluster_in_node_mode() {
+    exchange_on_a_redis_cluster("node").await;
+}
+
+async fn exchange_on_a_redis_cluster(mode: &str) {
     let cluster = common::services::RedisCluster::start().await;
     let backplane = || vec![("REDIS_CLUSTER_URLS".to_owned(), cluster.urls_arg())];
-    common::step("both ways, and offline", exchange("sharded", pair_on("sharded", [backplane(), backplane()]).await))
-        .await;
-    common::step("a user on both nodes", both_nodes("sharded", pair_on("sharded", [backplane(), backplane()]).await))
-        .await;
+    common::step("both ways, and offline", exchange(mode, pair_on(mode, [backplane(), backplane()]).await)).await;
+    common::step("a user on both nodes", both_nodes(mode, pair_on(mode, [backplane(), backplane()]).await)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Redis Cluster backplane: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`, Redis 7) for
-//! `--routing sharded` (docs/routing.md, "Sharded on a Redis Cluster").
+//! `--routing sharded`, and the node channels of `--routing node` on a cluster (docs/routing.md,
+//! "`sharded` mode: sharded pub/sub on a Redis Cluster").
 //!
 //! A sharded channel lives on the master that owns its slot, so publishes and subscriptions
 //! spread over the cluster instead of every message reaching every node. One `SSUBSCRIBE`
@@ -109,7 +110,12 @@ impl Partitions {
     }
 
     pub fn name(&self, channel: Channel) -> String {
-        format!("{}{{{}}}{channel}", self.prefix, self.tags[self.of(channel)].0)
+        self.tagged(self.of(channel), channel)
+    }
+
+    /// A name in partition `p`: prefix, the partition's hash tag, then `name`.
+    pub fn tagged(&self, p: usize, name: impl std::fmt::Display) -> String {
+        format!("{}{{{}}}{name}", self.prefix, self.tags[p].0)
     }
 
     pub fn parse(&self, name: &[u8]) -> Option<Channel> {

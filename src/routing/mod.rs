@@ -13,6 +13,8 @@
 //!
 //! `sharded` changes the transport, not the routing: `group` mode's channels on a Redis
 //! Cluster's sharded pub/sub ([`RedisClusterBackplane`](crate::backplane::RedisClusterBackplane)).
+//! `node` mode runs on that transport too (its node channels spread over the shards), with
+//! its presence store on the same cluster ([`Keyspace::Cluster`]).
 
 mod agreement;
 mod broadcast;
@@ -86,8 +88,8 @@ impl Directory for StoreDirectory {
 /// What a node's backplane is built from, besides its transport.
 pub struct Setup<'a> {
     pub mode: Routing,
-    /// The presence store's Redis (`node` mode needs it).
-    pub redis: Option<&'a redis::Client>,
+    /// The presence store's Redis or Redis Cluster (`node` mode needs it).
+    pub redis: Option<&'a Keyspace>,
     pub prefix: &'a str,
     /// The node's name, kept in its liveness key.
     pub node: &'a str,
@@ -114,14 +116,9 @@ where
     let (tx, rx) = mpsc::channel(4096);
     let transport = connect(tx)?;
     match (setup.mode, setup.redis) {
-        (Routing::Node, Some(client)) => {
-            let presence = Presence::start(
-                client.clone(),
-                (setup.prefix, setup.node),
-                setup.presence,
-                setup.metrics,
-                events.clone(),
-            )?;
+        (Routing::Node, Some(keys)) => {
+            let presence =
+                Presence::start(keys, (setup.prefix, setup.node), setup.presence, setup.metrics, events.clone())?;
             let backplane = NodeBackplane::new(transport, rx, events, presence.clone(), setup.directory);
             Ok(Routed { backplane: Arc::new(backplane), presence: Some(presence) })
         }

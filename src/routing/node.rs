@@ -71,7 +71,10 @@ impl Backplane for NodeBackplane {
         let mut everyone: Vec<UserId> = recipients.iter().flatten().copied().collect();
         everyone.sort_unstable();
         everyone.dedup();
-        let located = self.presence.locate(&everyone).await?;
+        // A lookup that partly failed (a master failing over) still routes what it found;
+        // recipients it missed read the store when the next message of their group shows the
+        // hole, or on `Resynced`. The failure is returned once the rest is published.
+        let (located, failed) = self.presence.locate_all(&everyone).await;
         let mut out = Vec::new();
         for ((channel, payload), users) in messages.iter().zip(&recipients) {
             let mut nodes: Vec<u64> = users.iter().filter_map(|u| located.get(u)).flatten().copied().collect();
@@ -83,10 +86,10 @@ impl Backplane for NodeBackplane {
             let wrapped = wrap(*channel, payload);
             out.extend(nodes.into_iter().map(|n| (Channel::Node(n), wrapped.clone())));
         }
-        if out.is_empty() {
-            return Ok(());
+        if !out.is_empty() {
+            self.inner.publish(&out).await?;
         }
-        self.inner.publish(&out).await
+        failed.map_or(Ok(()), Err)
     }
 
     fn subscribe(&self, channel: Channel) {

@@ -193,6 +193,21 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no master owns slot {slot}: {nodes}"))
     }
 
+    /// Empties every master and waits until its replica has the emptiness too (as if the
+    /// cluster had lost its data). A replica's first sync may still be on its way (Redis
+    /// waits 5 s before a diskless sync), hence the tries.
+    pub fn flush_masters(&self) {
+        // Each node's own word (another's view of the roles may lag just after the start).
+        for port in self.ports.iter().copied().filter(|p| cli(*p, &["ROLE"]).lines().next() == Some("master")) {
+            let mut replies = String::new();
+            let replicated = (0..30).any(|_| {
+                replies = cli_stdin(port, b"FLUSHALL\nWAIT 1 500\n");
+                replies.lines().last().is_some_and(|l| l.trim() == "1")
+            });
+            assert!(replicated, "the flush of {port} never reached its replica: {replies:?}");
+        }
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
         let pid = std::fs::read_to_string(format!("{}/{port}/redis.pid", self.dir.path)).expect("pid file");
@@ -224,6 +239,20 @@ impl Drop for RedisCluster {
 fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+/// Commands on `redis-cli`'s standard input, one a line; its replies.
+fn cli_stdin(port: u16, commands: &[u8]) -> String {
+    use std::io::Write;
+    let Ok(mut cli) =
+        Command::new("redis-cli").args(["-p", &port.to_string()]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()
+    else {
+        return String::new();
+    };
+    if let Some(mut stdin) = cli.stdin.take() {
+        let _ = stdin.write_all(commands);
+    }
+    cli.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
 /// A base port whose next six ports and their cluster bus ports (+10000) are free.

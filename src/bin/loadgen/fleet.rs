@@ -32,7 +32,7 @@ use switchboard::backplane::{
 use switchboard::hub::{Hub, Outbound, SessionHandle};
 use switchboard::metrics::Metrics;
 use switchboard::model::{GroupId, UserId, now_us};
-use switchboard::routing::{self, Directory, PresenceConfig, Routing, Setup};
+use switchboard::routing::{self, Directory, Keyspace, PresenceConfig, Routing, Setup};
 use tokio::sync::mpsc;
 
 use super::bloom;
@@ -280,9 +280,10 @@ async fn start_node(
     let (events_tx, mut tapped) = mpsc::channel(4096);
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let mut transport = None;
+    let keyspace = redis.client().map(|client| Keyspace::Redis(client.clone()));
     let setup = Setup {
         mode,
-        redis: redis.client(),
+        redis: keyspace.as_ref(),
         prefix: "fleet:",
         node: &format!("sim{i}"),
         presence: PresenceConfig { ttl: Duration::from_secs(5), cache: Duration::from_millis(cache_ms) },
