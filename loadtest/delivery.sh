@@ -10,7 +10,9 @@
 # e.g. loadtest/delivery.sh --pairs 100 --rate 2000 --duration 10
 #      INBOX=mongo loadtest/delivery.sh --pairs 20 --group-size 100 --rate 2000 --duration 10
 #
-# Environment: BACKEND [mysql | embedded], INBOX [sql | mongo], TASKSET [a CPU list to pin the node to, e.g. 0 or 0,1],
+# Environment: BACKEND [mysql | embedded], BACKPLANE [redis | cluster | nats: with BACKEND=mysql,
+# a private Redis, Redis Cluster (3 masters, 3 replicas, scripts/redis-cluster.sh, --routing
+# sharded) or nats-server; every one of their processes is watched], INBOX [sql | mongo], TASKSET [a CPU list to pin the node to, e.g. 0 or 0,1],
 # NODE_ARGS [extra node flags], NODE_BIN [target/release/switchboard; another build to compare], PORT [18801] (admin PORT+1000), REDIS_PORT [6390],
 # MONGO_PORT [27018], RUST_LOG [warn]. Every run uses a fresh MariaDB database and is cleaned
 # up on exit; the binaries are target/release/{switchboard,loadgen} (`cargo build --release`).
@@ -22,6 +24,9 @@ INBOX="${INBOX:-sql}"
 PORT="${PORT:-18801}"
 ADMIN=$((PORT + 1000))
 REDIS_PORT="${REDIS_PORT:-6390}"
+NATS_PORT="${NATS_PORT:-4290}"
+BACKPLANE="${BACKPLANE:-redis}"
+CLUSTER_DIR="/tmp/$$-delivery-cluster"
 MONGO_PORT="${MONGO_PORT:-27018}"
 DB="bench_$$_$RANDOM"
 PIDS=()
@@ -31,6 +36,7 @@ cleanup() {
     sleep 1
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [[ -d "$CLUSTER_DIR" ]] && { scripts/redis-cluster.sh stop "$CLUSTER_DIR"; rm -rf "$CLUSTER_DIR"; }
     mariadb -uroot -e "DROP DATABASE IF EXISTS $DB" 2>/dev/null || true
     rm -f "/tmp/$DB.db" "/tmp/$DB.db-wal" "/tmp/$DB.db-shm"
 }
@@ -40,10 +46,27 @@ if [[ "${BACKEND:-mysql}" == embedded ]]; then
     WATCH=""
     ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="sqlite:///tmp/$DB.db")
 else
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
-    PIDS+=($!)
-    WATCH="$(pgrep -xo mariadbd),$!"
-    ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="mysql://root@127.0.0.1:3306/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+    ENV=(RUST_LOG="${RUST_LOG:-warn}" DATABASE_URL="mysql://root@127.0.0.1:3306/$DB")
+    case "$BACKPLANE" in
+    redis)
+        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+        PIDS+=($!)
+        WATCH="$(pgrep -xo mariadbd),$!"
+        ENV+=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+        ;;
+    cluster)
+        scripts/redis-cluster.sh start "$CLUSTER_DIR" "$REDIS_PORT"
+        WATCH="$(pgrep -xo mariadbd),$(cat "$CLUSTER_DIR"/*/redis.pid | paste -sd,)"
+        ENV+=(REDIS_CLUSTER_URLS="redis://127.0.0.1:$REDIS_PORT" SWITCHBOARD_ROUTING=sharded)
+        ;;
+    nats)
+        nats-server -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
+        PIDS+=($!)
+        WATCH="$(pgrep -xo mariadbd),$!"
+        ENV+=(NATS_URL="nats://127.0.0.1:$NATS_PORT")
+        ;;
+    *) echo "BACKPLANE must be redis, cluster or nats" >&2; exit 64 ;;
+    esac
 fi
 if [[ "$INBOX" == mongo ]]; then
     secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --standalone >/dev/null 2>&1 &
@@ -71,7 +94,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  backend: ${BACKEND:-mysql}  inbox: $INBOX  pin: ${TASKSET:-none}  commit: $(git rev-parse --short HEAD)"
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  backend: ${BACKEND:-mysql}  backplane: $BACKPLANE  inbox: $INBOX  pin: ${TASKSET:-none}  commit: $(git rev-parse --short HEAD)"
 target/release/loadgen chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --node-pid "$NODE" ${WATCH:+--watch "$WATCH"} "$@"
 # Where a send's time went (the serial points of docs/benchmarks.md): the send round trip,
 # the wait for its group-commit batch, the batch write, and the batch sizes.
