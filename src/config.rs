@@ -416,6 +416,10 @@ impl Config {
     pub fn effective(&self) -> Vec<(&'static str, String)> {
         let opt = |v: &Option<String>| v.as_deref().map_or_else(|| "(unset)".to_owned(), mask_url);
         let secret = |v: &Option<String>| if v.is_some() { "***".to_owned() } else { "(unset)".to_owned() };
+        let urls = |list: &[String]| match list {
+            [] => "(unset)".to_owned(),
+            list => list.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(","),
+        };
         vec![
             ("--listen", self.listen.to_string()),
             ("--admin-listen", self.admin_listen.to_string()),
@@ -423,22 +427,9 @@ impl Config {
             ("--node-id", self.node_name()),
             ("--database-url", mask_url(&self.database_url)),
             ("--redis-url", opt(&self.redis_url)),
-            (
-                "--redis-cluster-urls",
-                if self.redis_cluster_urls.is_empty() {
-                    "(unset)".to_owned()
-                } else {
-                    self.redis_cluster_urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(",")
-                },
-            ),
+            ("--redis-cluster-urls", urls(&self.redis_cluster_urls)),
             ("--shard-partitions", self.shard_partitions.to_string()),
-            (
-                "--nats-url",
-                match self.nats_urls().as_slice() {
-                    [] => "(unset)".to_owned(),
-                    urls => urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>().join(","),
-                },
-            ),
+            ("--nats-url", urls(&self.nats_urls())),
             ("--presence-redis-url", opt(&self.presence_redis_url)),
             ("--channel-prefix", format!("{:?}", self.channel_prefix)),
             ("--routing", self.routing.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())),

@@ -37,7 +37,8 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::redis::{IO_TIMEOUT, ping};
+use super::IO_TIMEOUT;
+use super::redis::ping;
 use super::wanted::{Command, Commands};
 use super::{Backplane, BackplaneError, Channel, Event};
 use crate::metrics::Metrics;
@@ -188,8 +189,9 @@ impl Backplane for RedisClusterBackplane {
         let conn = self.connection()?;
         let mut pipes: HashMap<usize, redis::Pipeline> = HashMap::new();
         for (channel, payload) in messages {
-            let pipe = pipes.entry(self.partitions.of(*channel)).or_insert_with(redis::pipe);
-            pipe.cmd("SPUBLISH").arg(self.partitions.name(*channel)).arg(payload.as_ref()).ignore();
+            let p = self.partitions.of(*channel);
+            let pipe = pipes.entry(p).or_insert_with(redis::pipe);
+            pipe.cmd("SPUBLISH").arg(self.partitions.tagged(p, channel)).arg(payload.as_ref()).ignore();
         }
         let sent = pipes.into_values().map(|pipe| {
             let mut conn = conn.clone();
@@ -407,7 +409,7 @@ impl Subscriber {
             .chain(subs.into_iter().map(|(p, cs)| (p, "SSUBSCRIBE", cs)))
             .filter(|(_, _, cs)| !cs.is_empty())
             .map(|(p, verb, cs)| {
-                let names: Vec<String> = cs.iter().map(|c| self.partitions.name(*c)).collect();
+                let names: Vec<String> = cs.iter().map(|c| self.partitions.tagged(p, c)).collect();
                 let mut conn = conn.clone();
                 async move { (p, send(&mut conn, verb, &names).await) }
             });
@@ -463,7 +465,7 @@ impl Subscriber {
         self.broken.extend(later);
         self.owners = owners;
         let sent = now.iter().map(|p| {
-            let names: Vec<String> = self.wanted[*p].iter().map(|c| self.partitions.name(*c)).collect();
+            let names: Vec<String> = self.wanted[*p].iter().map(|c| self.partitions.tagged(*p, c)).collect();
             let mut conn = conn.clone();
             async move { (*p, send(&mut conn, "SSUBSCRIBE", &names).await) }
         });

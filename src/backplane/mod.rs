@@ -33,6 +33,10 @@ use thiserror::Error;
 
 use crate::model::{GroupId, UserId};
 
+/// Bound on one round trip to a backplane or presence server: a dead server must not hang a
+/// request or a subscriber task.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub use cluster::{Partitions, RedisClusterBackplane, slot};
 pub use envelope::Envelope;
 pub use memory::{MemoryBackplane, MemoryBus};

@@ -62,11 +62,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::wanted::{Command, Commands, Wanted};
-use super::{Backplane, BackplaneError, Channel, Event};
+use super::{Backplane, BackplaneError, Channel, Event, IO_TIMEOUT};
 use crate::metrics::Metrics;
 
-/// Bound on one round trip to the server.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the client pings an idle connection (two unanswered pings drop it).
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a publish waits for a lost connection to come back before failing.

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::wanted::{Command, Commands, Wanted};
-use super::{Backplane, BackplaneError, Channel, Event};
+use super::{Backplane, BackplaneError, Channel, Event, IO_TIMEOUT};
 use crate::metrics::Metrics;
 
 /// Most channels named by one SUBSCRIBE.
@@ -289,9 +289,6 @@ const RECONNECT: crate::backoff::Backoff = crate::backoff::Backoff {
     cap: Duration::from_secs(5),
     jitter: crate::backoff::Jitter::Percent(50),
 };
-
-/// Bound on one round trip to the backplane's server; a dead server must not hang a request.
-pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `PING` on a Redis connection within [`IO_TIMEOUT`].
 pub(super) async fn ping<C: redis::aio::ConnectionLike + Send>(conn: &mut C) -> Result<(), BackplaneError> {

@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use super::Routing;
+use crate::backplane::IO_TIMEOUT;
 use thiserror::Error;
 
 /// Lifetime of the key without a refresh; nodes refresh it at a third of that.
 const FLEET_TTL: Duration = Duration::from_secs(30);
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 #[error(

@@ -40,12 +40,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Keyspace;
 use crate::backoff::{Backoff, Jitter};
-use crate::backplane::{BackplaneError, Channel, Event, Partitions, slot};
+use crate::backplane::{BackplaneError, Channel, Event, IO_TIMEOUT, Partitions, slot};
 use crate::metrics::Metrics;
 use crate::model::UserId;
 
-/// Bound on one Redis round trip.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between two tries at writing everything again: 100 ms doubling to 500 ms.
 const REWRITE: Backoff =
     Backoff { base: Duration::from_millis(100), cap: Duration::from_millis(500), jitter: Jitter::None };
